@@ -1,0 +1,48 @@
+"""Test settings: offline, a throw-away HF_HOME, and real data from MEDNET_DATA_DIR (default ../shared/data).
+
+Outside CI a test whose data is missing skips with the reason; under CI (CI=true) missing data fails.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub or transformers: nothing may reach (or wait for) the network.
+_HF_HOME = tempfile.mkdtemp(prefix="mednet-test-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MEDNET_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def data_path(relative: str) -> Path:
+    """A path under the real-data folder; skip (or, under CI, fail) when it is missing."""
+    path = DATA_DIR / relative
+    if not path.exists():
+        message = f"real data {path} is missing (set MEDNET_DATA_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return data_path("")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """ResNet-18 at 32 px: the CPU-sized stand-in for the published backbone."""
+    from mednet_hf import MedNetConfig
+
+    def make(**overrides):
+        kwargs = {"backbone": "resnet18", "image_size": 32, **overrides}
+        return MedNetConfig(**kwargs)
+
+    return make
