@@ -115,7 +115,8 @@ def to_unit_range(
     if image.num_frames != 1:
         raise MedicalImageError(f"{image.source}: pick a frame first (MedicalImage.frame)")
     _check_finite(image.pixels, image.source)
-    unit = _unit_range(image, intensity, window, percentiles).astype(np.float32, copy=False)
+    # Always a new array: the result must not alias the caller's (possibly read-only) pixels.
+    unit = np.array(_unit_range(image, intensity, window, percentiles), dtype=np.float32)
     if image.photometric_interpretation == "MONOCHROME1":
         unit = 1.0 - unit
     if unit.ndim == 2:
