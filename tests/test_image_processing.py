@@ -111,3 +111,23 @@ def test_processor_from_model_config():
     processor = MedNetImageProcessor.from_model_config(config)
     assert processor.num_channels == 3 and list(processor.image_mean) == config.image_mean
     assert processor.crop_size.height == 96 and processor.size.shortest_edge == round(96 / 0.9)
+
+
+def test_pydicom_dataset_tiff_and_nifti_inputs():
+    from mednet_hf import read_nifti
+
+    processor = _unit()
+    path = data_path("dicom/MR_small.dcm")
+    from_dataset = processor(pydicom.dcmread(path), return_tensors="np").pixel_values
+    np.testing.assert_array_equal(from_dataset, processor(str(path), return_tensors="np").pixel_values)
+
+    tiff = data_path("fundus_drive/training/images/21_training.tif")
+    color = _unit(variant="color")(str(tiff), return_tensors="np").pixel_values
+    with Image.open(tiff) as image:
+        np.testing.assert_allclose(color[0], np.moveaxis(np.asarray(image), -1, 0) / 255.0, atol=1e-6)
+
+    nifti = data_path("nifti/MR_Gd.nii.gz")
+    for axis, index in ((2, 10), (0, None)):
+        out = processor(str(nifti), slice_axis=axis, slice_index=index, return_tensors="np").pixel_values[0, 0]
+        plane = read_nifti(nifti).slice(index, axis).pixels
+        np.testing.assert_allclose(out, (plane - plane.min()) / (plane.max() - plane.min()), atol=1e-6)
