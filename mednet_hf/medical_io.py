@@ -266,19 +266,24 @@ def read_dicom(source, include_phi: bool = False) -> MedicalImage:
     )
 
 
-def read_dicom_series(folder, include_phi: bool = False) -> MedicalVolume:
-    """Read a folder holding one DICOM series into a `(rows, columns, slices)` volume, slices sorted by their
-    position along the slice normal (ImagePositionPatient · (row × column direction)), else by InstanceNumber."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MedicalImageError(f"{folder}: not a folder")
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    files = [p for p in candidates if _is_dicom_path(p)]
+def read_dicom_series(source, include_phi: bool = False) -> MedicalVolume:
+    """Read one DICOM series — a folder holding it, or a list of its files — into a `(rows, columns, slices)`
+    volume, slices sorted by their position along the slice normal (ImagePositionPatient · (row × column
+    direction)), else by InstanceNumber."""
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise MedicalImageError(f"{folder}: not a folder")
+        candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = [p for p in candidates if is_dicom_file(p)]
+        if len(files) < len(candidates):  # manifests, notes, ...: say so rather than drop them silently
+            others = [p.name for p in candidates if p not in files]
+            logger.warning("%s: %d file(s) that are not DICOM were left out of the series: %s", folder, len(others), others)
+    else:
+        files = sorted(Path(p) for p in source)
+        folder = Path(os.path.commonpath(files)) if files else Path(".")
     if not files:
-        raise MedicalImageError(f"{folder}: no DICOM files (.dcm or a DICM header) in this series folder")
-    if len(files) < len(candidates):  # manifests, DICOMDIR notes, ...: say so rather than drop them silently
-        others = [p.name for p in candidates if p not in files]
-        logger.warning("%s: %d file(s) that are not DICOM were left out of the series: %s", folder, len(others), others)
+        raise MedicalImageError(f"{folder}: no DICOM files (.dcm or a DICM header) in this series")
     headers = [_dcmread(p, stop_before_pixels=True)[0] for p in files]
     series = {str(h.get("SeriesInstanceUID", "")) for h in headers}
     if len(series) > 1:
@@ -339,7 +344,8 @@ def read_nifti(path, volume_index: int = 0) -> MedicalVolume:
 # ---------------------------------------------------------------------------------------------------- any input
 
 
-def _is_dicom_path(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """A `.dcm`/`.dicom` name or the DICM magic at byte 128."""
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
     with open(path, "rb") as f:
@@ -413,7 +419,7 @@ def to_medical_image(
         name = path.name.lower()
         if name.endswith((".nii", ".nii.gz")):
             return read_nifti(path).slice(slice_index, slice_axis)
-        if _is_dicom_path(path):
+        if is_dicom_file(path):
             return read_dicom(path, include_phi).frame(frame)
         try:
             with PIL.Image.open(path) as pil:

@@ -46,3 +46,23 @@ def tiny_config():
         return MedNetConfig(**kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A Hub-compatible server on 127.0.0.1 for this module's tests."""
+    from hub_server import HubServer
+
+    with HubServer() as server:
+        yield server
+
+
+def run_cli(args: list[str], env: dict, timeout: float = 600):
+    """Run `mednet ...` in a fresh interpreter (huggingface_hub reads HF_ENDPOINT and offline mode at import)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "mednet_hf.cli", *args], env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=timeout, cwd=REPO_ROOT,
+    )

@@ -1,0 +1,84 @@
+"""MedMNIST v3: the 12 2-D subsets at 28, 64, 128 and 224 px as `datasets` builder configs.
+
+    MedMNIST(config_name="organamnist_28", data_dir="../shared/data/medmnist").download_and_prepare()
+
+Without `data_dir` the official file is downloaded from Zenodo; with it, the file must be there under its
+official name (or `filename=`). Either way its md5 is checked against the official one.
+"""
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from ._common import MedicalBuilder, require_file, verify_md5
+from .medmnist_files import SUBSETS, ZENODO_RECORD, filename, url
+
+SIZES = (28, 64, 128, 224)
+CITATION = """@article{medmnistv2,
+  title={MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
+  author={Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and Ke, Bilian and Pfister, Hanspeter and Ni, Bingbing},
+  journal={Scientific Data}, volume={10}, number={1}, pages={41}, year={2023}
+}"""
+MULTI_LABEL = "multi-label, binary-class"
+
+
+class MedMNISTConfig(datasets.BuilderConfig):
+    def __init__(self, subset: str = "pneumoniamnist", size: int = 28, filename: str | None = None, **kwargs):
+        """`filename` overrides the official file name inside `data_dir` (e.g. a reduced subset file)."""
+        super().__init__(name=f"{subset}_{size}", **kwargs)
+        self.subset = subset
+        self.size = size
+        self.filename = filename
+
+
+class MedMNIST(MedicalBuilder):
+    BUILDER_CONFIG_CLASS = MedMNISTConfig
+    BUILDER_CONFIGS = [MedMNISTConfig(subset=s, size=z) for s in SUBSETS for z in SIZES]
+    DEFAULT_CONFIG_NAME = "pneumoniamnist_28"
+
+    def _info(self) -> datasets.DatasetInfo:
+        subset = SUBSETS[self.config.subset]
+        mode = "L" if subset["n_channels"] == 1 else "RGB"
+        if subset["task"] == MULTI_LABEL:
+            target = {"labels": datasets.Sequence(datasets.ClassLabel(names=subset["labels"]))}
+        else:
+            target = {"label": datasets.ClassLabel(names=subset["labels"])}
+        return datasets.DatasetInfo(
+            description=f"MedMNIST v3 {self.config.subset} at {self.config.size} px ({subset['task']}).",
+            features=datasets.Features({"image": datasets.Image(mode=mode), **target}),
+            homepage="https://medmnist.com/",
+            citation=CITATION,
+            license=subset["license"],
+        )
+
+    def _split_generators(self, dl_manager):
+        subset, size = self.config.subset, self.config.size
+        official = filename(subset, size)
+        if self.config.data_dir:
+            path = require_file(
+                Path(self.config.data_dir) / (self.config.filename or official),
+                f"Download {url(subset, size)} (MedMNIST v3, {ZENODO_RECORD}) into {self.config.data_dir}, "
+                "or leave data_dir unset to download it.",
+            )
+        else:
+            path = Path(dl_manager.download(url(subset, size)))
+        verify_md5(path, SUBSETS[subset]["md5"][size], self._verification_mode)
+        return [
+            datasets.SplitGenerator(name=split, gen_kwargs={"path": str(path), "prefix": prefix})
+            for split, prefix in (
+                (datasets.Split.TRAIN, "train"),
+                (datasets.Split.VALIDATION, "val"),
+                (datasets.Split.TEST, "test"),
+            )
+        ]
+
+    def _generate_examples(self, path: str, prefix: str):
+        multi_label = SUBSETS[self.config.subset]["task"] == MULTI_LABEL
+        with np.load(path) as npz:
+            images, labels = npz[f"{prefix}_images"], npz[f"{prefix}_labels"]
+        for index, (image, label) in enumerate(zip(images, labels)):
+            if multi_label:
+                yield index, {"image": image, "labels": np.flatnonzero(label).tolist()}
+            else:
+                yield index, {"image": image, "label": int(label[0])}

@@ -1,0 +1,110 @@
+"""Public medical datasets in one line, and the hook that feeds them to a MedNet processor.
+
+    ds = load_medical_dataset("medmnist", "organamnist", size=28, data_dir="../shared/data/medmnist")
+    ds = ds.with_transform(medical_transform(processor, ds["train"].features))
+"""
+
+import numpy as np
+import torch
+from datasets import DatasetDict, Features, Sequence
+from datasets.exceptions import DatasetGenerationError
+
+from dataset_scripts import DRIVE, ChestXray14, MedicalImageFolder, MedMNIST
+
+from .medical_io import MedicalImage
+
+BUILDERS = {"medmnist": MedMNIST, "imagefolder": MedicalImageFolder, "drive": DRIVE, "chestxray14": ChestXray14}
+
+
+def _builder(name: str, config: str | None, size: int | None, data_dir, cache_dir, **config_kwargs):
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    builder_cls = BUILDERS[name]
+    if name == "medmnist":
+        if config is None:
+            raise ValueError("medmnist needs a subset, e.g. load_medical_dataset('medmnist', 'organamnist', size=28)")
+        subset, _, named_size = config.partition("_")
+        config_name = f"{subset}_{size or named_size or 28}"
+        known = [c.name for c in builder_cls.BUILDER_CONFIGS]
+        if config_name not in known:
+            raise ValueError(f"unknown MedMNIST config {config_name!r}; subsets: {sorted({k.rsplit('_', 1)[0] for k in known})}, sizes 28/64/128/224")
+        return builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
+    if size is not None or config is not None:
+        raise ValueError(f"{name} has no config or size to choose")
+    return builder_cls(data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
+
+
+def load_medical_dataset(
+    name: str,
+    config: str | None = None,
+    data_dir=None,
+    *,
+    size: int | None = None,
+    cache_dir=None,
+    verification_mode=None,
+    download_mode=None,
+    **config_kwargs,
+) -> DatasetDict:
+    """Build (once; later calls read the cache) and return a `DatasetDict`.
+
+    Args:
+        name: `"medmnist"`, `"imagefolder"`, `"drive"` or `"chestxray14"`.
+        config: the MedMNIST subset (`"organamnist"`, `"chestmnist"`, ...).
+        data_dir: local files (required for the image folder, DRIVE and ChestX-ray14; optional for MedMNIST, which
+            downloads the official file when it is unset).
+        size: MedMNIST image size, 28 (default), 64, 128 or 224.
+        verification_mode: `"no_checks"` accepts a MedMNIST file whose md5 differs from the official one.
+        download_mode: `"force_redownload"` rebuilds a cached dataset (e.g. after an image folder changed).
+        config_kwargs: builder options, e.g. `labels_csv`, `slice_axis`, `slice_stride`, `include_phi`, `on_error`
+            for the image folder, `filename` for MedMNIST.
+    """
+    builder = _builder(name, config, size, data_dir, cache_dir, **config_kwargs)
+    try:
+        builder.download_and_prepare(verification_mode=verification_mode, download_mode=download_mode)
+    except DatasetGenerationError as e:
+        if isinstance(e.__cause__, ValueError):  # a builder's own error says what is wrong and what to do
+            raise e.__cause__ from None
+        raise
+    return builder.as_dataset()
+
+
+def _medical_image(example: dict, index: int) -> MedicalImage:
+    """Rebuild the `MedicalImage` the image-folder builder stored: the pixels plus its convention columns."""
+    pixels = np.asarray(example["image"][index])
+    window = example.get("window", [None] * (index + 1))[index]
+    photometric = example.get("photometric_interpretation", [None] * (index + 1))[index]
+    return MedicalImage(
+        pixels=pixels,
+        photometric_interpretation=photometric or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
+        modality=example.get("modality", [None] * (index + 1))[index],
+        window=tuple(window) if window else None,
+        source=str(example.get("source_file", [f"example {index}"] * (index + 1))[index]),
+    )
+
+
+def medical_transform(processor, features: Features, image_column: str = "image"):
+    """A function for `Dataset.with_transform`: batches of rows → `pixel_values` (+ `labels`).
+
+    Single labels stay class indices; multi-label `Sequence(ClassLabel)` columns become multi-hot float vectors,
+    the targets `MedNetForImageClassification` expects for `problem_type="multi_label_classification"`.
+    """
+    label_column = "labels" if "labels" in features else "label" if "label" in features else None
+    num_classes = features[label_column].feature.num_classes if isinstance(features.get(label_column), Sequence) else None
+
+    def transform(batch: dict) -> dict:
+        images = [_medical_image(batch, i) for i in range(len(batch[image_column]))]
+        out = processor(images, return_tensors="pt")
+        if label_column is not None:
+            if num_classes is None:
+                out["labels"] = torch.tensor(batch[label_column], dtype=torch.long)
+            else:
+                hot = torch.zeros(len(images), num_classes)
+                for row, positives in enumerate(batch[label_column]):
+                    hot[row, positives] = 1.0
+                out["labels"] = hot
+        return dict(out)
+
+    return transform
+
+
+__all__ = ["BUILDERS", "load_medical_dataset", "medical_transform"]
