@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _option(text: str):
@@ -69,14 +70,74 @@ def _run_data(args) -> None:
     print(f"pushed {args.repo_id}: {commit}")
 
 
+def _add_training_commands(commands) -> None:
+    p = commands.add_parser("pretrain", help="pretrain a MedNet backbone from a recipe (use `accelerate launch` for many processes)")
+    p.add_argument("--recipe", required=True, help="YAML recipe, e.g. training/configs/gray.yaml")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", nargs="?", const="latest", help="continue from the latest checkpoint, or from this one")
+    for key, kind in (("steps", int), ("batch-size", int), ("image-size", int), ("lr", float), ("checkpoint-every", int),
+                      ("backbone", str), ("mixed-precision", str), ("init", str), ("seed", int)):
+        p.add_argument(f"--{key}", type=kind, help="override the recipe's value")
+
+    f = commands.add_parser("finetune", help="fine-tune a MedNet checkpoint with the transformers Trainer")
+    f.add_argument("--model", required=True, help="a saved MedNet folder (e.g. a pretrain run's final/) or a Hub id")
+    f.add_argument("--dataset", required=True, help="medmnist:<subset>, imagefolder, chestxray14")
+    f.add_argument("--data-dir")
+    f.add_argument("--size", type=int, help="MedMNIST image size")
+    f.add_argument("--output-dir", default="runs/finetune")
+    f.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of the training labels")
+    f.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
+    f.add_argument("--new-head", action="store_true", help="replace a checkpoint's classifier trained for other labels")
+    f.add_argument("--epochs", type=float, default=3.0)
+    f.add_argument("--max-steps", type=int, default=-1)
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-checks", action="store_true", help="accept data files whose md5 differs from the official one")
+    f.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="dataset builder option")
+
+
+def _run_pretrain(args) -> None:
+    from training.pretrain import pretrain
+
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "lr", "checkpoint_every", "backbone",
+                                              "mixed_precision", "init", "seed")}
+    record = pretrain(args.recipe, args.output_dir, resume=args.resume, **overrides)
+    if "export" in record:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in record["final_losses"].items())
+        print(f"pretrained {record['steps']} steps on {record['processes']} process(es), {record['images_per_second']:.0f} img/s; "
+              f"final losses: {losses}; ranks identical: {record['ranks_identical']}")
+        print(f"backbone saved to {record['export']}")
+
+
+def _run_finetune(args) -> None:
+    from training.finetune import finetune
+
+    record = finetune(
+        args.model, args.dataset, args.data_dir, args.output_dir, size=args.size, label_fraction=args.label_fraction,
+        linear_probe=args.linear_probe, new_head=args.new_head, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
+        verification_mode="no_checks" if args.no_checks else None, options=dict(args.option),
+    )
+    print(f"fine-tuned {record['steps']} steps on {record['train_rows']} images in {record['seconds']:.0f} s")
+    for split in ("validation", "test"):
+        metrics = record[split]
+        if metrics:
+            prefix = "eval" if split == "validation" else "test"
+            shown = {k: metrics.get(f"{prefix}_{k}") for k in ("auroc", "accuracy", "balanced_accuracy", "f1")}
+            print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items() if v is not None))
+    print(f"results: {Path(args.output_dir) / 'results.json'}; best model: {record['export']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mednet", description="MedNet: medical image backbones for transformers")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(commands)
+    _add_training_commands(commands)
     args = parser.parse_args(argv)
     try:
-        if args.command == "data":
-            _run_data(args)
+        {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune}[args.command](args)
     except ValueError as e:  # our errors say what is wrong and what to do; no traceback needed
         print(f"mednet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -191,6 +191,19 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
         self.classifier = self._new_classifier(num_labels)
         self._init_weights(self.classifier)
 
+    def freeze_backbone(self) -> None:
+        """Linear probing: only the classifier trains; the backbone's weights and its BatchNorm statistics stay
+        as loaded (it stays in eval mode even when the model is put in training mode)."""
+        self.mednet.requires_grad_(False)
+        self._backbone_frozen = True
+        self.mednet.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_backbone_frozen", False):
+            self.mednet.eval()
+        return self
+
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch, C, H, W)` → last feature map `(batch, num_features, h, w)`."""
         _check_pixel_values(pixel_values, self.config)

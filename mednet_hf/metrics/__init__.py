@@ -1,0 +1,51 @@
+"""The project's medical metrics as `evaluate` modules, loaded from this folder (offline):
+`evaluate.load(metric_path("auroc"), "multilabel")`, or all at once with `classification_metrics`."""
+
+from pathlib import Path
+
+import numpy as np
+
+METRICS_DIR = Path(__file__).resolve().parent
+NAMES = ("accuracy", "auroc", "balanced_accuracy", "calibration_error", "f1", "sensitivity_specificity")
+
+
+def metric_path(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"unknown metric {name!r}; the project ships {NAMES}")
+    return str(METRICS_DIR / name / f"{name}.py")
+
+
+def load_metric(name: str, config_name: str | None = None):
+    import evaluate
+
+    return evaluate.load(metric_path(name), config_name)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: bool = False) -> dict:
+    """All the metrics that fit the task, from raw logits `(N, C)` and labels (indices, or 0/1 rows)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        labels = np.asarray(labels).astype(np.int64)
+        out = load_metric("auroc", "multilabel").compute(prediction_scores=scores, references=labels)
+        out.update(load_metric("f1", "multilabel").compute(predictions=(scores > 0.5).astype(np.int64), references=labels))
+        return out
+    scores = _softmax(logits)
+    predictions = scores.argmax(axis=1)
+    classes = list(range(scores.shape[1]))
+    out = {}
+    out.update(load_metric("accuracy").compute(predictions=predictions, references=labels))
+    out.update(load_metric("balanced_accuracy").compute(predictions=predictions, references=labels))
+    out.update(load_metric("auroc").compute(prediction_scores=scores, references=labels))
+    out.update(load_metric("f1").compute(predictions=predictions, references=labels, labels=classes))
+    out.update(load_metric("sensitivity_specificity").compute(predictions=predictions, references=labels, labels=classes))
+    out.update(load_metric("calibration_error").compute(prediction_scores=scores, references=labels))
+    return out
+
+
+__all__ = ["METRICS_DIR", "NAMES", "classification_metrics", "load_metric", "metric_path"]

@@ -1,0 +1,145 @@
+"""Fine-tuning a MedNet checkpoint with the transformers `Trainer`, on any classification set the builders give.
+
+Full fine-tuning or a linear probe, a stratified label fraction drawn with a fixed seed, early stopping and
+best-model selection on validation macro AUROC, the project's own `evaluate` metrics, and a results JSON per run.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from datasets import ClassLabel, Sequence
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainingArguments,
+)
+
+from mednet_hf.data import load_medical_dataset, medical_transform
+from mednet_hf.metrics import classification_metrics
+
+
+def _label_info(features, dataset: str) -> tuple[list[str], bool]:
+    if isinstance(features.get("label"), ClassLabel):
+        return list(features["label"].names), False
+    if isinstance(features.get("labels"), Sequence) and isinstance(features["labels"].feature, ClassLabel):
+        return list(features["labels"].feature.names), True
+    raise ValueError(f"{dataset} has no class labels (a `label` or multi-label `labels` column): it is not a classification set")
+
+
+def _check_head(model: str, names: list[str], new_head: bool) -> None:
+    """A checkpoint trained for other classes is refused unless the user asks for a new head."""
+    config = AutoConfig.from_pretrained(model)
+    trained_head = any(a.endswith("ForImageClassification") for a in (config.architectures or []))
+    their_names = [config.id2label[i] for i in sorted(config.id2label)]
+    if trained_head and not new_head and their_names != names:
+        raise ValueError(
+            f"{model} has a classification head for {config.num_labels} labels {their_names}, the dataset has "
+            f"{len(names)} {names}. Pass --new-head to train a new classifier on this backbone."
+        )
+
+
+def _subsample(train, fraction: float, multi_label: bool, seed: int):
+    if fraction >= 1.0:
+        return train
+    if not 0 < fraction < 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    if multi_label:  # no single class to stratify on
+        return train.shuffle(seed=seed).select(range(max(1, int(round(fraction * train.num_rows)))))
+    return train.train_test_split(train_size=fraction, stratify_by_column="label", seed=seed)["train"]
+
+
+def _flat(metrics: dict, names: list[str]) -> dict:
+    """Per-class lists become one scalar per class, which loggers (TensorBoard) take."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, list):
+            out.update({f"{key.removesuffix('_per_class')}_{name}": v for name, v in zip(names, value)})
+        else:
+            out[key] = value
+    return out
+
+
+def finetune(
+    model: str,
+    dataset: str,
+    data_dir=None,
+    output_dir="runs/finetune",
+    *,
+    size: int | None = None,
+    label_fraction: float = 1.0,
+    linear_probe: bool = False,
+    new_head: bool = False,
+    epochs: float = 3.0,
+    max_steps: int = -1,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.01,
+    patience: int = 3,
+    seed: int = 0,
+    verification_mode: str | None = None,
+    options: dict | None = None,
+    report_to: str = "tensorboard",
+) -> dict:
+    """Fine-tune `model` (a saved MedNet folder or Hub id) on `dataset` (`"medmnist:pneumoniamnist"`,
+    `"imagefolder"`, `"chestxray14"`); returns and writes `output_dir/results.json`."""
+    started = time.perf_counter()
+    name, _, config = dataset.partition(":")
+    splits = load_medical_dataset(name, config or None, data_dir, size=size, verification_mode=verification_mode, **(options or {}))
+    names, multi_label = _label_info(splits["train"].features, dataset)
+    _check_head(model, names, new_head)  # before any training
+    train = splits["train"]
+    if "validation" not in splits:  # hold out 10% of train (stratified) to choose the best model
+        held = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=None if multi_label else "label")
+        train, splits["validation"] = held["train"], held["test"]
+    train = _subsample(train, label_fraction, multi_label, seed)
+
+    processor = AutoImageProcessor.from_pretrained(model)
+    classifier = AutoModelForImageClassification.from_pretrained(
+        model, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        ignore_mismatched_sizes=True,
+    )
+    if linear_probe:
+        classifier.freeze_backbone()
+    transform = medical_transform(processor, train.features)
+    strategy = "steps" if max_steps > 0 else "epoch"
+    eval_every = max(1, max_steps // 4) if max_steps > 0 else None
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
+        learning_rate=learning_rate, weight_decay=weight_decay, num_train_epochs=epochs, max_steps=max_steps,
+        eval_strategy=strategy, save_strategy=strategy, eval_steps=eval_every, save_steps=eval_every,
+        load_best_model_at_end=True, metric_for_best_model="auroc", greater_is_better=True, save_total_limit=2,
+        logging_steps=10, seed=seed, data_seed=seed, remove_unused_columns=False, report_to=report_to,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+    def compute_metrics(prediction) -> dict:
+        return _flat(classification_metrics(prediction.predictions, prediction.label_ids, multi_label), names)
+
+    trainer = Trainer(
+        model=classifier, args=args, train_dataset=train.with_transform(transform),
+        eval_dataset=splits["validation"].with_transform(transform), compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+    )
+    trainer.train()
+    validation = trainer.evaluate()
+    test = trainer.evaluate(splits["test"].with_transform(transform), metric_key_prefix="test") if "test" in splits else {}
+    best = Path(output_dir) / "best"
+    trainer.save_model(str(best))
+    processor.save_pretrained(best)
+    record = {
+        "model": str(model), "dataset": dataset, "label_fraction": label_fraction, "linear_probe": linear_probe,
+        "train_rows": train.num_rows, "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
+        "validation": validation, "test": test, "seconds": time.perf_counter() - started, "export": str(best),
+    }
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "results.json").write_text(json.dumps(record, indent=1, default=float))
+    return record
+
+
+__all__ = ["finetune"]

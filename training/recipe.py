@@ -1,0 +1,106 @@
+"""Pretraining recipes: a YAML file → a validated `Recipe`. Everything wrong with a recipe is reported here,
+before any data is read or any step is taken."""
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+OBJECTIVES = ("supervised", "contrastive", "restoration")
+
+
+@dataclass
+class Source:
+    """One dataset the pretraining mixes in (its `train` split)."""
+
+    name: str
+    dataset: str  # a `mednet_hf.data.BUILDERS` name
+    config: str | None = None
+    data_dir: str | None = None  # relative paths are under MEDNET_DATA_DIR
+    size: int | None = None
+    options: dict = field(default_factory=dict)
+    verification_mode: str | None = None
+    labelled: bool = True
+    num_classes: int | None = None  # if given, checked against the dataset before training
+    weight: float = 1.0  # sampling weight in the mixed stream
+    loss_weight: float = 1.0  # weight of this source's supervised loss
+
+
+@dataclass
+class Recipe:
+    variant: str = "gray"
+    backbone: str = "resnet50"
+    image_size: int = 224
+    init: str = "scratch"  # or "imagenet": timm's ImageNet weights (needs the network once)
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 64  # per process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    mixed_precision: str = "no"  # "bf16" / "fp16" on GPUs
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sources: list[Source] = field(default_factory=list)
+    objectives: dict[str, dict] = field(default_factory=dict)  # name -> {"weight": w, ...options}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fail(path, message: str):
+    raise ValueError(f"recipe {path}: {message}")
+
+
+def load_recipe(path, **overrides) -> Recipe:
+    """Read and check a recipe; `overrides` (e.g. steps=10 from the command line) replace top-level keys."""
+    from mednet_hf.data import BUILDERS
+
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        _fail(path, f"unknown key(s) {unknown}; known: {sorted(known)}")
+    source_keys = {f.name for f in fields(Source)}
+    sources = []
+    for i, item in enumerate(raw.pop("sources", []) or []):
+        bad = sorted(set(item) - source_keys)
+        if bad:
+            _fail(path, f"source {i} has unknown key(s) {bad}; known: {sorted(source_keys)}")
+        if "name" not in item or "dataset" not in item:
+            _fail(path, f"source {i} needs a name and a dataset")
+        if item["dataset"] not in BUILDERS:
+            _fail(path, f"source {item['name']!r} names unknown dataset {item['dataset']!r}; choose one of {sorted(BUILDERS)}")
+        sources.append(Source(**item))
+    recipe = Recipe(**raw, sources=sources)
+    if not recipe.sources:
+        _fail(path, "no sources: list at least one dataset under `sources:`")
+    if not recipe.objectives:
+        _fail(path, f"no objectives: choose from {OBJECTIVES}")
+    for name, options in recipe.objectives.items():
+        if name not in OBJECTIVES:
+            _fail(path, f"unknown objective {name!r}; choose from {OBJECTIVES}")
+        if not isinstance(options, dict):
+            recipe.objectives[name] = {"weight": float(options)}
+    if "supervised" in recipe.objectives and not any(s.labelled for s in recipe.sources):
+        _fail(path, "the supervised objective needs at least one labelled source")
+    if recipe.init not in ("scratch", "imagenet"):
+        _fail(path, f"init must be 'scratch' or 'imagenet', got {recipe.init!r}")
+    if recipe.variant not in ("gray", "color"):
+        _fail(path, f"variant must be 'gray' or 'color', got {recipe.variant!r}")
+    return recipe
+
+
+def resolve_data_dir(data_dir: str | None) -> str | None:
+    """Relative source paths live under MEDNET_DATA_DIR (default ../shared/data from the working directory)."""
+    if data_dir is None or os.path.isabs(data_dir):
+        return data_dir
+    return str(Path(os.environ.get("MEDNET_DATA_DIR", "../shared/data")) / data_dir)
