@@ -1,0 +1,72 @@
+"""`mednet finetune` with the transformers Trainer on real PneumoniaMNIST images (28 px, CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import data_path
+
+from mednet_hf import MedNetConfig, MedNetForImageClassification, MedNetModel
+from mednet_hf.cli import main as cli_main
+from mednet_hf.data import load_medical_dataset
+from training.finetune import _subsample, finetune
+
+PNEUMONIA = ["--dataset", "medmnist:pneumoniamnist", "--option", "filename=pneumoniamnist_subset.npz", "--no-checks"]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """A freshly initialised Gray-MedNet (ResNet-18 at 28 px): fine-tuning must learn from the data alone."""
+    path = tmp_path_factory.mktemp("mednet-scratch")
+    torch.manual_seed(0)
+    MedNetModel(MedNetConfig(backbone="resnet18", image_size=28)).save_pretrained(path)
+    return path
+
+
+def test_short_finetune_beats_chance_and_reports_test_metrics(backbone, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli_main(["finetune", "--model", str(backbone), *PNEUMONIA, "--data-dir", str(data_path("medmnist")),
+                     "--max-steps", "40", "--batch-size", "64", "--output-dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test: auroc" in printed and "accuracy" in printed
+    record = json.loads((out / "results.json").read_text())
+    assert record["validation"]["eval_auroc"] > 0.75  # chance is 0.5
+    assert 0 <= record["test"]["test_auroc"] <= 1 and "test_accuracy" in record["test"]
+    assert record["steps"] == 40 and (out / "best" / "model.safetensors").is_file()
+    assert (out / "best" / "preprocessor_config.json").is_file()
+
+
+def test_label_fraction_is_stratified_and_seeded():
+    train = load_medical_dataset("medmnist", "pneumoniamnist", data_dir=data_path("medmnist"),
+                                 filename="pneumoniamnist_subset.npz", verification_mode="no_checks")["train"]
+    small = _subsample(train, 0.1, multi_label=False, seed=3)
+    assert small.num_rows == round(0.1 * train.num_rows)
+    assert np.mean(small["label"]) == pytest.approx(np.mean(train["label"]), abs=0.01)  # class balance kept
+    assert _subsample(train, 0.1, multi_label=False, seed=3)["label"] == small["label"]
+
+
+def test_linear_probe_keeps_the_backbone(backbone, tmp_path):
+    record = finetune(str(backbone), "medmnist:pneumoniamnist", data_path("medmnist"), tmp_path / "probe",
+                      linear_probe=True, max_steps=6, batch_size=32, label_fraction=0.2, verification_mode="no_checks",
+                      options={"filename": "pneumoniamnist_subset.npz"}, report_to="none")
+    tuned = MedNetForImageClassification.from_pretrained(record["export"])
+    original = MedNetModel.from_pretrained(backbone)
+    for key, value in original.state_dict().items():  # weights and BatchNorm statistics alike
+        torch.testing.assert_close(tuned.mednet.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_head_for_other_labels_stops_before_training(tmp_path):
+    config = MedNetConfig(backbone="resnet18", image_size=28, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    trained = tmp_path / "three-classes"
+    MedNetForImageClassification(config).save_pretrained(trained)
+    with pytest.raises(ValueError, match=r"head for 3 labels \['a', 'b', 'c'\], the dataset has 2 .*--new-head"):
+        finetune(str(trained), "medmnist:pneumoniamnist", data_path("medmnist"), tmp_path / "run",
+                 verification_mode="no_checks", options={"filename": "pneumoniamnist_subset.npz"})
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_a_classification_set(backbone, tmp_path):
+    with pytest.raises(ValueError, match="drive has no class labels"):
+        finetune(str(backbone), "drive", data_path("fundus_drive"), tmp_path / "run")

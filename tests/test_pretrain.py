@@ -1,0 +1,152 @@
+"""Pretraining: two processes under `accelerate launch` (gloo on CPU) for each objective, a run killed after a
+checkpoint and resumed, and the errors that must stop a run before it trains."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DATA_DIR, REPO_ROOT, data_path
+
+from training.pretrain import CheckpointError, pretrain
+from training.recipe import load_recipe
+
+PNEUMONIA = {
+    "name": "pneumonia", "dataset": "medmnist", "config": "pneumoniamnist", "data_dir": "medmnist",
+    "options": {"filename": "pneumoniamnist_subset.npz"}, "verification_mode": "no_checks", "num_classes": 2, "weight": 0.7,
+}
+SERIES = {"name": "mr_series", "dataset": "imagefolder", "data_dir": "dicom_series", "labelled": False, "weight": 0.3}
+
+
+def _recipe(tmp_path: Path, objectives: dict, **overrides) -> Path:
+    recipe = {
+        "variant": "gray", "backbone": "resnet18", "image_size": 28, "steps": 4, "batch_size": 8, "lr": 0.001,
+        "checkpoint_every": 2, "log_every": 1, "sources": [PNEUMONIA, SERIES], "objectives": objectives, **overrides,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _env() -> dict:
+    data_path("medmnist")  # skip or fail here, not inside the subprocess
+    return {**os.environ, "MEDNET_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.mark.parametrize(
+    "objectives",
+    [
+        {"supervised": {"weight": 1.0}},
+        {"contrastive": {"weight": 1.0, "prototypes": 16, "local_crops": 2}},
+        {"restoration": {"weight": 1.0}},
+    ],
+    ids=["supervised", "contrastive", "restoration"],
+)
+def test_two_processes_end_with_identical_weights(tmp_path, objectives):
+    recipe, out = _recipe(tmp_path, objectives), tmp_path / "run"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mednet_hf.cli", "pretrain",
+               "--recipe", str(recipe), "--output-dir", str(out)]
+    # torchrun starts the processes; ACCELERATE_USE_CPU makes each Accelerator join a gloo group on the CPU.
+    result = subprocess.run(command, env={**_env(), "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = json.loads((out / "results.json").read_text())
+    assert record["processes"] == 2 and record["steps"] == 4
+    assert len(record["rank_checksums"]) == 2 and record["ranks_identical"]
+    assert all(v == v for v in record["final_losses"].values())  # no NaN
+    # The two ranks trained on different examples (the loader shards every batch).
+    seen = [{i for line in (out / f"data_order-rank{r}.jsonl").read_text().splitlines() for i in json.loads(line)["index"]} for r in (0, 1)]
+    assert seen[0] and seen[1] and seen[0] != seen[1]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "preprocessor_config.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def _order(out: Path) -> dict:
+    """Batch number → example ids, the last write winning (a resumed run rewrites the batches after its checkpoint)."""
+    order = {}
+    for line in (out / "data_order-rank0.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        order[entry["batch"]] = entry["index"]
+    return order
+
+
+def test_killed_run_resumes_with_the_same_data_order(tmp_path):
+    objectives = {"supervised": {"weight": 1.0}, "contrastive": {"weight": 1.0, "prototypes": 16, "local_crops": 2}}
+    recipe = _recipe(tmp_path, objectives, steps=24, checkpoint_every=4)
+    command = [sys.executable, "-m", "mednet_hf.cli", "pretrain", "--recipe", str(recipe), "--output-dir"]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    run = subprocess.Popen([*command, str(killed)], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-00000008").exists():
+        assert run.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.01)
+    run.kill()  # SIGKILL: no clean-up, no final save
+    run.wait()
+    assert run.returncode == -9 and not (killed / "results.json").exists()
+
+    resumed = subprocess.run([*command, str(killed), "--resume"], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    straight = subprocess.run([*command, str(whole)], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-4000:]
+
+    a, b = json.loads((killed / "results.json").read_text()), json.loads((whole / "results.json").read_text())
+    assert a["steps"] == b["steps"] == 24
+    assert _order(killed) == _order(whole) and len(_order(whole)) == 24
+    for name, value in b["final_losses"].items():
+        assert a["final_losses"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
+def test_corrupt_checkpoint_and_existing_runs_stop_before_training(tmp_path):
+    recipe = _recipe(tmp_path, {"restoration": {"weight": 1.0}}, steps=2, checkpoint_every=2)
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "mednet_hf.cli", "pretrain", "--recipe", str(recipe), "--output-dir", str(out)],
+                            env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with pytest.raises(CheckpointError, match="already holds checkpoints: pass --resume"):
+        pretrain(recipe, out)
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "checkpoints" / "step-00000002", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint .*broken is corrupt or incomplete"):
+        pretrain(recipe, tmp_path / "other", resume=str(broken))
+    (broken / "trainer_state.json").unlink()
+    with pytest.raises(CheckpointError, match="corrupt or incomplete .*trainer_state.json"):
+        pretrain(recipe, tmp_path / "other", resume=str(broken))
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        pretrain(recipe, tmp_path / "empty", resume="latest")
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"sources": [{**PNEUMONIA, "dataset": "isic"}]}, r"source 'pneumonia' names unknown dataset 'isic'"),
+        ({"objectives": {"jigsaw": {}}}, r"unknown objective 'jigsaw'"),
+        ({"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\]"),
+        ({"sources": [SERIES], "objectives": {"supervised": {}}}, "supervised objective needs at least one labelled source"),
+    ],
+)
+def test_recipe_errors(tmp_path, change, message):
+    change = dict(change)
+    path = _recipe(tmp_path, change.pop("objectives", {"supervised": {"weight": 1.0}}), **change)
+    with pytest.raises(ValueError, match=message):
+        load_recipe(path)
+
+
+def test_label_count_mismatch_and_unreachable_imagenet_stop_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
+    data_path("medmnist")
+    mismatch = _recipe(tmp_path, {"supervised": {"weight": 1.0}}, sources=[{**PNEUMONIA, "num_classes": 3}])
+    with pytest.raises(ValueError, match=r"recipe says num_classes=3 but the dataset has 2 classes \['normal', 'pneumonia'\]"):
+        pretrain(mismatch, tmp_path / "a")
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    imagenet = _recipe(tmp_path, {"restoration": {"weight": 1.0}}, init="imagenet")
+    with pytest.raises(ValueError, match="init: imagenet needs timm's pretrained weights for 'resnet18'.*use init: scratch"):
+        pretrain(imagenet, tmp_path / "b")  # the tests run offline: the weights are not reachable
+    assert not (tmp_path / "b" / "checkpoints").exists()
