@@ -1,5 +1,8 @@
 """MedNet for the Hugging Face ecosystem. Importing the package registers MedNet with the transformers Auto
-classes (and DICOM with PIL); nothing else happens here."""
+classes, DICOM with PIL, and the bundled `mednet/gray` and `mednet/color` checkpoints with the Hugging Face cache
+(once; see `mednet_hf.bundled`); nothing else happens here."""
+
+import warnings
 
 from transformers import (
     AutoBackbone,
@@ -9,6 +12,7 @@ from transformers import (
     AutoModelForImageClassification,
 )
 
+from .bundled import install_bundled
 from .configuration_mednet import MedNetConfig
 from .image_processing_mednet import MedNetImageProcessor, MedNetImageProcessorPil
 from .intensity import WINDOW_PRESETS
@@ -42,6 +46,11 @@ MedNetForImageClassification.register_for_auto_class("AutoModelForImageClassific
 MedNetBackbone.register_for_auto_class("AutoBackbone")
 MedNetImageProcessor.register_for_auto_class("AutoImageProcessor")
 MedNetImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+# `from_pretrained("mednet/gray")` resolves offline through the cache; a cache that has them already is left alone.
+try:
+    install_bundled()
+except OSError as e:  # a read-only cache must not make the package unimportable
+    warnings.warn(f"the bundled MedNet checkpoints could not be placed in the Hugging Face cache: {e}", stacklevel=2)
 
 __all__ = [
     "MedNetBackbone",

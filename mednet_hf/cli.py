@@ -98,6 +98,44 @@ def _add_training_commands(commands) -> None:
     f.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="dataset builder option")
 
 
+def _add_hub_commands(commands) -> None:
+    p = commands.add_parser("push", help="push a saved MedNet (safetensors, processor, remote code) and its model card to the Hub")
+    p.add_argument("--model", required=True, help="a saved MedNet folder (e.g. a finetune run's best/)")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--card", help="README.md to use (default: the folder's README.md, else one written from its run record)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", help="branch to push to (created if needed)")
+    p.add_argument("--message", default="Upload MedNet (mednet_hf)", help="commit message")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    h = commands.add_parser("hub", help="the bundled checkpoints")
+    actions = h.add_subparsers(dest="action", required=True)
+    i = actions.add_parser("install-bundled", help="place mednet/gray and mednet/color in the Hugging Face cache (offline use)")
+    i.add_argument("--force", action="store_true", help="replace what the cache holds for them")
+
+
+def _run_push(args) -> None:
+    from .hub import default_model_card, push_model
+
+    folder = Path(args.model)
+    card_path = Path(args.card) if args.card else folder / "README.md"
+    card = card_path.read_text() if card_path.is_file() else default_model_card(folder, args.repo_id)
+    commit = push_model(folder, args.repo_id, card, private=args.private, token=args.token, revision=args.revision,
+                        commit_message=args.message)
+    print(f"pushed {folder} to {args.repo_id}{f'@{args.revision}' if args.revision else ''}: {commit.oid}")
+
+
+def _run_hub(args) -> None:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from .bundled import install_bundled
+
+    written = install_bundled(force=args.force)
+    for repo_id, snapshot in written.items():
+        print(f"{repo_id} -> {snapshot}")
+    if not written:
+        print(f"already installed in {HF_HUB_CACHE} (--force replaces them)")
+
+
 def _run_pretrain(args) -> None:
     from training.pretrain import pretrain
 
@@ -135,10 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(commands)
     _add_training_commands(commands)
+    _add_hub_commands(commands)
     args = parser.parse_args(argv)
     try:
-        {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune}[args.command](args)
+        {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "push": _run_push, "hub": _run_hub}[args.command](args)
     except ValueError as e:  # our errors say what is wrong and what to do; no traceback needed
+        print(f"mednet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from .hub import PushError
+
+        if not isinstance(e, PushError):
+            raise
         print(f"mednet {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,7 @@
-"""Publishing to the Hugging Face Hub: datasets as parquet shards with a dataset card."""
+"""Publishing to the Hugging Face Hub: datasets as parquet shards with a dataset card, and saved MedNet models
+(safetensors, processor, remote code) with a model card, each in one commit."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -93,3 +95,89 @@ def push_dataset(
     commit = card.push_to_hub(repo_id, repo_type="dataset", token=token, revision=revision, commit_message="Dataset card (mednet_hf)")
     logger.info("pushed %s: %s", repo_id, commit)
     return commit
+
+
+class PushError(RuntimeError):
+    """A push that did not complete; the message says which step failed and that nothing local changed."""
+
+
+REMOTE_CODE = ("configuration_mednet.py", "modeling_mednet.py", "image_processing_mednet.py", "medical_io.py",
+               "intensity.py", "dicom_pil_plugin.py")
+
+
+def check_model_folder(folder) -> list[Path]:
+    """The files of a saved MedNet that go to the Hub; refuses pickled weights and incomplete folders."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "README.md")
+    pickled = [p.name for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if pickled:
+        raise ValueError(f"{folder}: pickled weights {pickled}; MedNet checkpoints are pushed as safetensors only")
+    names = {p.name for p in files}
+    missing = [n for n in ("config.json", "preprocessor_config.json", *REMOTE_CODE) if n not in names]
+    if missing or not any(n.endswith(".safetensors") for n in names):
+        raise ValueError(f"{folder}: not a saved MedNet (missing {missing or ['*.safetensors']}); save it with save_pretrained")
+    return files
+
+
+def push_model(
+    folder,
+    repo_id: str,
+    card: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload MedNet (mednet_hf)",
+):
+    """Push a saved MedNet folder (safetensors weights, config, processor, remote code) and its model card `card`
+    (the README text) in one commit. Creates the repo and the `revision` branch if needed. The folder itself is
+    never modified: if the commit fails, nothing local changed and running the push again retries it."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    files = check_model_folder(folder)
+    api = HfApi(token=token)
+    step = "create the repository"
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision:
+            step = f"create branch {revision!r}"
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        step = "commit the files"
+        operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in files]
+        operations.append(CommitOperationAdd("README.md", card.encode()))
+        return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", "?")
+        raise PushError(
+            f"push of {folder} to {repo_id} failed at: {step} (HTTP {status}: {e.server_message or e}). "
+            f"Nothing local was changed ({len(files)} files in {folder}); run the push again to retry."
+        ) from e
+
+
+def default_model_card(folder, repo_id: str) -> str:
+    """A short card for a user's own checkpoint: what it is, how to load it, and the test metrics of the
+    `mednet finetune` run that produced it (its `results.json`, next to the folder) when there is one."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    record_path = folder.parent / "results.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    test = {k.removeprefix("test_"): v for k, v in (record.get("test") or {}).items() if isinstance(v, float) and "runtime" not in k and "per_second" not in k}
+    labels = [config.get("id2label", {})[k] for k in sorted(config.get("id2label", {}), key=int)]
+    data = ModelCardData(library_name="transformers", tags=["medical-imaging", "mednet", "timm", "transformers"], license="other")
+    lines = [
+        f"# {repo_id}", "",
+        f"A MedNet `{config.get('architectures', ['MedNetModel'])[0]}` ({config['backbone']}, {config['variant']} variant, "
+        f"{config['image_size']} px), saved with `mednet_hf`." + (f" Classes: {', '.join(labels)}." if labels and record else ""), "",
+        "```python", "import mednet_hf", "from transformers import AutoImageProcessor, AutoModelForImageClassification",
+        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")',
+        f'processor = AutoImageProcessor.from_pretrained("{repo_id}")', "```", "",
+        "Research use only: not a medical device.",
+    ]
+    if test:
+        lines += ["", f"## Test metrics ({record.get('dataset')}, from `mednet finetune`)", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(test.items())]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""Model cards from run records, `mednet push` against the loopback Hub, and the bundled `mednet/gray` and
+`mednet/color` checkpoints loading offline."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, data_path, run_cli
+
+from mednet_hf import MedNetImageProcessor, MedNetModel
+from mednet_hf.bundled import BUNDLED_DIR, bundled_revision, install_bundled
+from mednet_hf.model_card import check_card, render_model_card
+
+RECORDS = REPO_ROOT / "model_cards" / "records"
+XRAY = "cxr/00000001_000.png"
+
+
+def _features(model_dir_or_id: str, image: str) -> list:
+    model = MedNetModel.from_pretrained(model_dir_or_id).eval()
+    with torch.no_grad():
+        return model(**MedNetImageProcessor.from_pretrained(model_dir_or_id)(image, return_tensors="pt")).pooler_output[0].tolist()
+
+
+def _digest(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("variant", ["gray", "color"])
+def test_cards_render_from_run_records_and_pass_the_metadata_check(variant):
+    card = render_model_card(variant, RECORDS / variant, REPO_ROOT / "model_cards" / "template.md", f"mednet/{variant}")
+    check_card(card, RECORDS / variant)
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["library_name"] == "transformers"
+    assert {"medical-imaging", "image-classification", "timm", "transformers"} <= set(data["tags"])
+    assert data["model-index"][0]["results"], "the card has no measured results"
+    text = str(card)
+    for section in ("## How to use", "## Intended use", "## Training data", "## Preprocessing", "## Evaluation",
+                    "## Limitations and bias", "## Citation", "arXiv:2110.06512"):
+        assert section in text, section
+    # The shipped card is this rendering.
+    assert (BUNDLED_DIR / variant / "README.md").read_text() == text
+    # A number that is in no record is caught.
+    card.data.eval_results[0].metric_value = 0.123456
+    with pytest.raises(ValueError, match="is in no run record"):
+        check_card(type(card)(f"---\n{card.data.to_yaml()}\n---\n{card.text}"), RECORDS / variant)
+
+
+def test_bundled_checkpoints_load_offline_in_a_fresh_process(tmp_path):
+    image = str(data_path(XRAY))
+    code = f"""
+import json, time
+started = time.perf_counter()
+import mednet_hf
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
+times = {{"import": time.perf_counter() - started}}
+start = time.perf_counter(); gray = AutoModel.from_pretrained("mednet/gray").eval(); times["gray"] = time.perf_counter() - start
+start = time.perf_counter(); color = AutoModelForImageClassification.from_pretrained("mednet/color", num_labels=5); times["color"] = time.perf_counter() - start
+start = time.perf_counter(); processor = AutoImageProcessor.from_pretrained("mednet/gray"); times["processor"] = time.perf_counter() - start
+import torch
+with torch.no_grad():
+    features = gray(**processor({image!r}, return_tensors="pt")).pooler_output[0].tolist()
+print(json.dumps({{"times": times, "features": features, "dtype": str(gray.dtype), "color_logits": color.classifier.out_features,
+                   "gray_class": type(gray).__name__}}))
+"""
+    # A fresh HF_HOME, offline, and an endpoint nobody listens on: any network attempt would fail, not wait.
+    env = {**os.environ, "HF_HOME": str(tmp_path / "fresh-home"), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["gray_class"] == "MedNetModel" and out["dtype"] == "torch.float32" and out["color_logits"] == 5
+    torch.testing.assert_close(torch.tensor(out["features"]), torch.tensor(_features(str(BUNDLED_DIR / "gray"), str(data_path(XRAY)))))
+    print("offline load times (s):", out["times"])  # reported in the notes; not asserted
+
+
+def test_install_bundled_layout(tmp_path):
+    written = install_bundled(cache_dir=tmp_path)
+    assert set(written) == {"mednet/gray", "mednet/color"}
+    for repo, variant in (("mednet--gray", "gray"), ("mednet--color", "color")):
+        revision = (tmp_path / f"models--{repo}" / "refs" / "main").read_text()
+        assert revision == bundled_revision(BUNDLED_DIR / variant)
+        snapshot = tmp_path / f"models--{repo}" / "snapshots" / revision
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_mednet.py"} <= {p.name for p in snapshot.iterdir()}
+        assert (snapshot / "model.safetensors").stat().st_size <= 25 * 2**20
+    assert install_bundled(cache_dir=tmp_path) == {}  # already there: nothing rewritten
+
+
+def test_push_then_from_pretrained_gives_the_same_model(hub, tmp_path):
+    pushed = run_cli(["push", "--model", str(BUNDLED_DIR / "gray"), "--repo-id", "mednet-test/gray"], hub.env(tmp_path / "pusher"))
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    files = hub.state.repos[("model", "mednet-test/gray")]
+    files = files.commits[files.branches["main"]]["files"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_mednet.py"} <= set(files)
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    assert files["model.safetensors"] == (BUNDLED_DIR / "gray" / "model.safetensors").read_bytes()
+
+    image = str(data_path(XRAY))
+    code = f"""
+import json, torch, mednet_hf
+from transformers import AutoImageProcessor, AutoModel
+model = AutoModel.from_pretrained("mednet-test/gray").eval()
+processor = AutoImageProcessor.from_pretrained("mednet-test/gray")
+with torch.no_grad():
+    print(json.dumps(model(**processor({image!r}, return_tensors="pt")).pooler_output[0].tolist()))
+"""
+    pulled = subprocess.run([sys.executable, "-c", code], env={**os.environ, **hub.env(tmp_path / "reader")},
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(json.loads(pulled.stdout.strip().splitlines()[-1])),
+                               torch.tensor(_features(str(BUNDLED_DIR / "gray"), image)), rtol=0, atol=0)
+
+    branch = run_cli(["push", "--model", str(BUNDLED_DIR / "gray"), "--repo-id", "mednet-test/gray", "--revision", "v0.1",
+                      "--message", "release v0.1"], hub.env(tmp_path / "pusher"))
+    assert branch.returncode == 0, branch.stderr[-3000:]
+    repo = hub.state.repos[("model", "mednet-test/gray")]
+    assert "v0.1" in repo.branches and repo.commits[repo.branches["v0.1"]]["message"] == "release v0.1"
+
+
+def test_failed_commit_keeps_local_files_and_a_retry_succeeds(hub, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED_DIR / "color", folder)
+    before = _digest(folder)
+    hub.state.fail_commits = 1
+    failed = run_cli(["push", "--model", str(folder), "--repo-id", "mednet-test/color"], hub.env(tmp_path / "pusher"))
+    assert failed.returncode == 2
+    assert "failed at: commit the files (HTTP 500" in failed.stderr and "Nothing local was changed" in failed.stderr
+    assert _digest(folder) == before
+    retried = run_cli(["push", "--model", str(folder), "--repo-id", "mednet-test/color"], hub.env(tmp_path / "pusher"))
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    repo = hub.state.repos[("model", "mednet-test/color")]
+    assert repo.commits[repo.branches["main"]]["files"]["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+
+def test_push_refuses_pickled_weights(tmp_path):
+    from mednet_hf.hub import check_model_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED_DIR / "gray", folder)
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match=r"pickled weights \['pytorch_model.bin'\]"):
+        check_model_folder(folder)
