@@ -41,7 +41,6 @@ def render_model_card(variant: str, records_dir, template, repo_id: str) -> Mode
             task_type="image-classification", dataset_type=row["dataset"], dataset_name=row["dataset"],
             dataset_split="test", metric_type=metric, metric_value=round(row[key], 4),
             metric_name=f"{key} ({'linear probe' if row['linear_probe'] else 'fine-tuned'}, {row['label_fraction']:g} of labels)",
-            source_name="mednet_hf run record", source_url=None,
         )
         for row in rows if row["init"] == "mednet"
         for key, metric in (("auroc", "roc_auc"), ("accuracy", "accuracy")) if row[key] is not None

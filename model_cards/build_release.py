@@ -72,17 +72,19 @@ def transfer_benchmark(bundle: Path, variant: str, records: Path, max_steps: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(TASKS), required=True)
-    parser.add_argument("--run", type=Path, required=True, help="a `mednet pretrain` output folder")
+    parser.add_argument("--run", type=Path, help="a `mednet pretrain` output folder")
     parser.add_argument("--max-steps", type=int, default=200, help="fine-tuning budget, the same for every init")
+    parser.add_argument("--card-only", action="store_true", help="only render the card from the existing records")
     args = parser.parse_args()
-    records = HERE / "records" / args.variant
-    shutil.rmtree(records, ignore_errors=True)
-    records.mkdir(parents=True)
-    pretrain = json.loads((args.run / "results.json").read_text())
-    pretrain.pop("export", None)
-    (records / "pretrain.json").write_text(json.dumps(pretrain, indent=1))
-    bundle = export_bundle(args.run, args.variant)
-    transfer_benchmark(bundle, args.variant, records, args.max_steps)
+    records, bundle = HERE / "records" / args.variant, BUNDLED_DIR / args.variant
+    if not args.card_only:
+        shutil.rmtree(records, ignore_errors=True)
+        records.mkdir(parents=True)
+        pretrain = json.loads((args.run / "results.json").read_text())
+        pretrain.pop("export", None)
+        (records / "pretrain.json").write_text(json.dumps(pretrain, indent=1))
+        bundle = export_bundle(args.run, args.variant)
+        transfer_benchmark(bundle, args.variant, records, args.max_steps)
     card = render_model_card(args.variant, records, HERE / "template.md", repo_id=f"mednet/{args.variant}")
     check_card(card, records)
     (bundle / "README.md").write_text(str(card))
