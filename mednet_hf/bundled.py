@@ -4,9 +4,11 @@ Hugging Face cache layout so that `from_pretrained("mednet/gray")` works offline
     $HF_HUB_CACHE/models--mednet--gray/refs/main            -> <revision>
     $HF_HUB_CACHE/models--mednet--gray/snapshots/<revision>/ -> config.json, model.safetensors, ...
 
-The revision is derived from the files' contents, so a newer bundle gets a new snapshot. Files are linked to the
-package's copies (copied where links are not possible). Nothing is written for a repository the cache already
-has unless `force=True`.
+The bundle holds the weights, configs and card; the modeling and processing code in the snapshot is this package's
+own (so `trust_remote_code` users of the cache get the code that matches it). The revision is derived from all
+of these files' contents, so a newer bundle or package gets a new snapshot. Files are linked to the package's
+copies (copied where links are not possible). Nothing is written for a repository the cache already has unless
+`force=True`.
 """
 
 import hashlib
@@ -14,13 +16,22 @@ import os
 import shutil
 from pathlib import Path
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_DIR = PACKAGE_DIR / "bundled"
 REPOS = {"mednet/gray": "gray", "mednet/color": "color"}
+# The modules a saved checkpoint carries for `trust_remote_code` (what `save_pretrained` copies).
+REMOTE_CODE = ("configuration_mednet.py", "modeling_mednet.py", "image_processing_mednet.py", "medical_io.py",
+               "intensity.py", "dicom_pil_plugin.py")
 
 
-def bundled_revision(folder: Path) -> str:
+def snapshot_files(variant: str) -> list[Path]:
+    """The bundle's own files plus the package's remote-code modules."""
+    return sorted(p for p in (BUNDLED_DIR / variant).iterdir() if p.is_file()) + [PACKAGE_DIR / n for n in REMOTE_CODE]
+
+
+def bundled_revision(variant: str) -> str:
     digest = hashlib.sha1()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in snapshot_files(variant):
         digest.update(path.name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
@@ -47,14 +58,13 @@ def install_bundled(cache_dir=None, force: bool = False) -> dict[str, Path]:
         ref = repo_dir / "refs" / "main"
         if ref.is_file() and not force:
             continue
-        revision = bundled_revision(source)
+        revision = bundled_revision(variant)
         snapshot = repo_dir / "snapshots" / revision
         tmp = repo_dir / "snapshots" / f".tmp-{revision}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for path in source.iterdir():
-            if path.is_file():
-                _place(path, tmp / path.name)
+        for path in snapshot_files(variant):
+            _place(path, tmp / path.name)
         shutil.rmtree(snapshot, ignore_errors=True)
         os.replace(tmp, snapshot)  # a snapshot is complete or absent, also with several processes importing at once
         ref.parent.mkdir(parents=True, exist_ok=True)
@@ -65,4 +75,4 @@ def install_bundled(cache_dir=None, force: bool = False) -> dict[str, Path]:
     return written
 
 
-__all__ = ["BUNDLED_DIR", "REPOS", "bundled_revision", "install_bundled"]
+__all__ = ["BUNDLED_DIR", "REMOTE_CODE", "REPOS", "bundled_revision", "install_bundled", "snapshot_files"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from datasets import ClassLabel, DatasetDict, Sequence
 from huggingface_hub import DatasetCard, hf_hub_download
 
+from .bundled import REMOTE_CODE
 from .data import BUILDERS
 
 logger = logging.getLogger(__name__)
@@ -99,10 +100,6 @@ def push_dataset(
 
 class PushError(RuntimeError):
     """A push that did not complete; the message says which step failed and that nothing local changed."""
-
-
-REMOTE_CODE = ("configuration_mednet.py", "modeling_mednet.py", "image_processing_mednet.py", "medical_io.py",
-               "intensity.py", "dicom_pil_plugin.py")
 
 
 def check_model_folder(folder) -> list[Path]:

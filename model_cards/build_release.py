@@ -37,6 +37,8 @@ def export_bundle(run: Path, variant: str) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     model = MedNetModel.from_pretrained(run / "final").half()
     model.save_pretrained(target)
+    for code in target.glob("*.py"):  # the installer links the package's own modules instead (no stale copies)
+        code.unlink()
     config = json.loads((target / "config.json").read_text())
     config["dtype"] = "float32"
     (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

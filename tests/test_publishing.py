@@ -82,15 +82,22 @@ def test_install_bundled_layout(tmp_path):
     assert set(written) == {"mednet/gray", "mednet/color"}
     for repo, variant in (("mednet--gray", "gray"), ("mednet--color", "color")):
         revision = (tmp_path / f"models--{repo}" / "refs" / "main").read_text()
-        assert revision == bundled_revision(BUNDLED_DIR / variant)
+        assert revision == bundled_revision(variant)
         snapshot = tmp_path / f"models--{repo}" / "snapshots" / revision
         assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_mednet.py"} <= {p.name for p in snapshot.iterdir()}
         assert (snapshot / "model.safetensors").stat().st_size <= 25 * 2**20
     assert install_bundled(cache_dir=tmp_path) == {}  # already there: nothing rewritten
 
 
-def test_push_then_from_pretrained_gives_the_same_model(hub, tmp_path):
-    pushed = run_cli(["push", "--model", str(BUNDLED_DIR / "gray"), "--repo-id", "mednet-test/gray"], hub.env(tmp_path / "pusher"))
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory) -> dict:
+    """The bundled checkpoints as complete folders (weights, configs, card, remote code), as the cache holds them."""
+    return install_bundled(cache_dir=tmp_path_factory.mktemp("hub-cache"))
+
+
+def test_push_then_from_pretrained_gives_the_same_model(hub, tmp_path, snapshots):
+    gray = snapshots["mednet/gray"]
+    pushed = run_cli(["push", "--model", str(gray), "--repo-id", "mednet-test/gray"], hub.env(tmp_path / "pusher"))
     assert pushed.returncode == 0, pushed.stderr[-3000:]
     files = hub.state.repos[("model", "mednet-test/gray")]
     files = files.commits[files.branches["main"]]["files"]
@@ -113,16 +120,16 @@ with torch.no_grad():
     torch.testing.assert_close(torch.tensor(json.loads(pulled.stdout.strip().splitlines()[-1])),
                                torch.tensor(_features(str(BUNDLED_DIR / "gray"), image)), rtol=0, atol=0)
 
-    branch = run_cli(["push", "--model", str(BUNDLED_DIR / "gray"), "--repo-id", "mednet-test/gray", "--revision", "v0.1",
+    branch = run_cli(["push", "--model", str(gray), "--repo-id", "mednet-test/gray", "--revision", "v0.1",
                       "--message", "release v0.1"], hub.env(tmp_path / "pusher"))
     assert branch.returncode == 0, branch.stderr[-3000:]
     repo = hub.state.repos[("model", "mednet-test/gray")]
     assert "v0.1" in repo.branches and repo.commits[repo.branches["v0.1"]]["message"] == "release v0.1"
 
 
-def test_failed_commit_keeps_local_files_and_a_retry_succeeds(hub, tmp_path):
+def test_failed_commit_keeps_local_files_and_a_retry_succeeds(hub, tmp_path, snapshots):
     folder = tmp_path / "model"
-    shutil.copytree(BUNDLED_DIR / "color", folder)
+    shutil.copytree(snapshots["mednet/color"], folder)
     before = _digest(folder)
     hub.state.fail_commits = 1
     failed = run_cli(["push", "--model", str(folder), "--repo-id", "mednet-test/color"], hub.env(tmp_path / "pusher"))
@@ -135,11 +142,11 @@ def test_failed_commit_keeps_local_files_and_a_retry_succeeds(hub, tmp_path):
     assert repo.commits[repo.branches["main"]]["files"]["model.safetensors"] == (folder / "model.safetensors").read_bytes()
 
 
-def test_push_refuses_pickled_weights(tmp_path):
+def test_push_refuses_pickled_weights(tmp_path, snapshots):
     from mednet_hf.hub import check_model_folder
 
     folder = tmp_path / "model"
-    shutil.copytree(BUNDLED_DIR / "gray", folder)
+    shutil.copytree(snapshots["mednet/gray"], folder)
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match=r"pickled weights \['pytorch_model.bin'\]"):
         check_model_folder(folder)

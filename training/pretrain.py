@@ -148,7 +148,11 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
         project_dir=str(output_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # heads of absent sources
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # `steps` counts optimizer steps whatever the number of processes, so the schedule advances once per step
+        # (Accelerate's default steps it once per process).
+        step_scheduler_with_optimizer=False,
     )
+    output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
     with accelerator.main_process_first():  # one process builds the dataset caches, the others read them
         dataset, classes = pretraining_dataset(recipe)
@@ -196,14 +200,16 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
                 losses = model(batch)
                 accelerator.backward(losses["loss"])
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
             batches_seen += 1
-            with open(order_log, "a") as f:  # which examples each step saw, per process: the data order
+            # The data order, per process. After a resume the batches past the checkpoint appear twice; the later
+            # line is the one that counted.
+            with open(order_log, "a") as f:
                 f.write(json.dumps({"batch": batches_seen, "index": batch["index"].tolist()}) + "\n")
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            scheduler.step()
             rate = images_per_step * (step - first_step) / (time.perf_counter() - started)
             progress.update(1)
             progress.set_postfix(loss=f"{losses['loss'].item():.4f}", img_s=f"{rate:.0f}")

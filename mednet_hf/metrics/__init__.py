@@ -1,5 +1,8 @@
 """The project's medical metrics as `evaluate` modules, loaded from this folder (offline):
-`evaluate.load(metric_path("auroc"), "multilabel")`, or all at once with `classification_metrics`."""
+`evaluate.load(metric_path("auroc"), "multilabel")`, or all at once with `classification_metrics`.
+
+Each metric is one self-contained script (`evaluate.load` copies a single file), so they share no helper module
+and repeat their small `_info` boilerplate; the computations are scikit-learn's."""
 
 from pathlib import Path
 
