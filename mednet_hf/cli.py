@@ -61,9 +61,8 @@ def _run_data(args) -> None:
         return
     from .hub import push_dataset
 
-    config = f"{args.config.split('_')[0]}_{args.size or 28}" if args.name == "medmnist" and args.config else args.config
     commit = push_dataset(
-        dataset, args.repo_id, builder=args.name, config=config, private=args.private, token=args.token,
+        dataset, args.repo_id, builder=args.name, private=args.private, token=args.token,
         revision=args.revision, max_shard_size=args.max_shard_size, allow_phi=args.allow_phi,
         checksums_verified=not args.no_checks,
     )

@@ -68,17 +68,22 @@ def load_medical_dataset(
     return builder.as_dataset()
 
 
-def _medical_image(example: dict, index: int) -> MedicalImage:
-    """Rebuild the `MedicalImage` the image-folder builder stored: the pixels plus its convention columns."""
-    pixels = np.asarray(example["image"][index])
-    window = example.get("window", [None] * (index + 1))[index]
-    photometric = example.get("photometric_interpretation", [None] * (index + 1))[index]
+def _medical_image(batch: dict, index: int) -> MedicalImage:
+    """Rebuild the `MedicalImage` of row `index` of a batch: the pixels plus the convention columns the image-folder
+    builder stores (other datasets lack them, and their defaults apply)."""
+
+    def column(name: str):
+        values = batch.get(name)
+        return values[index] if values is not None else None
+
+    pixels = np.asarray(batch["image"][index])
+    window = column("window")
     return MedicalImage(
         pixels=pixels,
-        photometric_interpretation=photometric or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
-        modality=example.get("modality", [None] * (index + 1))[index],
+        photometric_interpretation=column("photometric_interpretation") or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
+        modality=column("modality"),
         window=tuple(window) if window else None,
-        source=str(example.get("source_file", [f"example {index}"] * (index + 1))[index]),
+        source=str(column("source_file") or f"example {index}"),
     )
 
 

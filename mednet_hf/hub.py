@@ -58,6 +58,8 @@ def push_dataset(
             "without include_phi, or pass allow_phi=True if publishing them is intended"
         )
     info = first.info
+    if config is None and info.config_name not in (None, "default"):
+        config = info.config_name  # e.g. "organamnist_28", as the builder named it
     dataset.push_to_hub(
         repo_id, private=private, token=token, revision=revision, max_shard_size=max_shard_size,
         commit_message=f"Upload {builder}{f' {config}' if config else ''} (mednet_hf)",
