@@ -204,3 +204,26 @@ def test_patient_identifiers_stay_out_unless_asked():
 
 def test_reader_errors_are_value_errors():
     assert issubclass(MedicalImageError, ValueError)
+
+
+def test_voi_lut_sequence_is_applied_to_modality_values(tmp_path):
+    """No sample here carries a VOI LUT, so give one to a real CT: a square-root curve over [-1024, 1023] HU."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(data_path("dicom/CT_small.dcm"))
+    first, entries, bits = -1024, 2048, 12
+    table = np.round(np.sqrt(np.linspace(0, 1, entries)) * (2**bits - 1)).astype(np.uint16)
+    item = Dataset()
+    item.add_new(0x00283002, "SS", [entries, first, bits])  # LUT Descriptor: signed, the first value is negative
+    item.add_new(0x00283006, "US", table.tolist())  # LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    path = tmp_path / "ct_voi_lut.dcm"
+    ds.save_as(path)
+    hu = pydicom.dcmread(path).pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    unit = MedNetImageProcessorPil(do_resize=False, do_center_crop=False, do_normalize=False)(str(path), return_tensors="np")
+    expected = table[np.clip(np.rint(hu) - first, 0, entries - 1).astype(int)] / (2**bits - 1)
+    np.testing.assert_allclose(unit.pixel_values[0, 0], expected, atol=1e-6)
+    # An explicit window still wins over the header's LUT.
+    lung = MedNetImageProcessorPil(do_resize=False, do_center_crop=False, do_normalize=False)(str(path), window="lung", return_tensors="np")
+    np.testing.assert_allclose(lung.pixel_values[0, 0], np.clip((hu + 1350) / 1500, 0, 1), atol=1e-6)
