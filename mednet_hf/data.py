@@ -68,7 +68,7 @@ def load_medical_dataset(
     return builder.as_dataset()
 
 
-def _medical_image(batch: dict, index: int) -> MedicalImage:
+def row_to_medical_image(batch: dict, index: int) -> MedicalImage:
     """Rebuild the `MedicalImage` of row `index` of a batch: the pixels plus the convention columns the image-folder
     builder stores (other datasets lack them, and their defaults apply)."""
 
@@ -97,7 +97,7 @@ def medical_transform(processor, features: Features, image_column: str = "image"
     num_classes = features[label_column].feature.num_classes if isinstance(features.get(label_column), Sequence) else None
 
     def transform(batch: dict) -> dict:
-        images = [_medical_image(batch, i) for i in range(len(batch[image_column]))]
+        images = [row_to_medical_image(batch, i) for i in range(len(batch[image_column]))]
         out = processor(images, return_tensors="pt")
         if label_column is not None:
             if num_classes is None:
@@ -112,4 +112,4 @@ def medical_transform(processor, features: Features, image_column: str = "image"
     return transform
 
 
-__all__ = ["BUILDERS", "load_medical_dataset", "medical_transform"]
+__all__ = ["BUILDERS", "load_medical_dataset", "medical_transform", "row_to_medical_image"]

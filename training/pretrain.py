@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
-from mednet_hf.data import _medical_image
+from mednet_hf.data import row_to_medical_image
 
 from .augment import PretrainViews
 from .data import pretraining_dataset
@@ -57,7 +57,7 @@ def _batch_transform(recipe: Recipe, views: PretrainViews):
     processor = MedNetImageProcessor(variant=recipe.variant, image_size=recipe.image_size, do_normalize=False)
 
     def transform(batch: dict) -> dict:
-        images = [_medical_image(batch, i) for i in range(len(batch["image"]))]
+        images = [row_to_medical_image(batch, i) for i in range(len(batch["image"]))]
         unit = processor(images, return_tensors="pt")["pixel_values"]
         per_example = [views(image, index) for image, index in zip(unit, batch["index"])]
         out = {key: torch.stack([v[key] for v in per_example]) for key in per_example[0]}
