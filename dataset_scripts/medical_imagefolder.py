@@ -2,14 +2,19 @@
 
     MedicalImageFolder(data_dir="scans/", slice_stride=2).download_and_prepare()
 
+- Files are read through the package's reader table (`mednet_hf.medical_io.READERS`), as the processor reads them:
+  a file is DICOM by its content, whatever its name.
 - Labels come from the first sub-folder below `data_dir` (`scans/pneumonia/x.dcm` → "pneumonia"), or from a CSV
   (`labels_csv=`): `path,label` for one label per image, or `path` plus one 0/1 column per class for multi-label.
-- DICOM files of one series (same folder and SeriesInstanceUID) become a volume in ImagePositionPatient order;
-  volumes (series, NIfTI) and multi-frame DICOMs expand into 2-D slices along `slice_axis` every `slice_stride`.
-- DICOM and NIfTI pixels are stored losslessly in modality units (uint8/uint16 PNG, int/float TIFF), with the
-  columns the intensity convention needs (`window`, `photometric_interpretation`); PNG/JPEG/TIFF files are stored
-  as they are. Columns: image, label or labels, source_file, slice_index, modality, pixel_spacing, window,
-  photometric_interpretation (+ `phi` with `include_phi=True`; patient identifiers are dropped otherwise).
+- DICOM files become one volume only when they are slices of one volume (`medical_io.is_one_volume`: one series,
+  same size and orientation, distinct positions); volumes (series, NIfTI) and multi-frame DICOMs expand into 2-D
+  slices along `slice_axis` every `slice_stride`.
+- Every row stores the reader's pixels, re-encoded losslessly (uint8/uint16 PNG, int16/float32 TIFF): modality
+  values for DICOM and NIfTI, decoded pixels for PNG/JPEG/TIFF. No file is stored byte for byte, so no DICOM header,
+  PNG text chunk or EXIF block reaches the dataset. Beside them: the DICOM VOI module as DICOM JSON (`voi`), so a
+  row gives the same `pixel_values` as its file. Columns: image, label or labels, source_file, slice_index,
+  modality, pixel_spacing, voi, photometric_interpretation (+ `phi` with `include_phi=True`; patient identifiers
+  are dropped otherwise).
 - Unreadable files are reported with their count and paths: `on_error="fail"` (default) raises once all files
   were tried, `on_error="skip"` logs them and goes on.
 """
@@ -22,24 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import numpy as np
-from PIL import Image
 
 from mednet_hf.medical_io import (
     MedicalImage,
     MedicalImageError,
-    is_dicom_file,
-    read_dicom,
+    MedicalVolume,
+    is_one_volume,
+    read_dicom_header,
     read_dicom_series,
-    read_nifti,
+    reader_for,
 )
 
 from ._common import DataFileError, MedicalBuilder
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass
@@ -56,26 +57,6 @@ class MedicalImageFolderConfig(datasets.BuilderConfig):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
         if self.slice_stride < 1 or self.slice_axis not in (0, 1, 2):
             raise ValueError(f"need slice_stride >= 1 and slice_axis in 0, 1, 2 (got {self.slice_stride}, {self.slice_axis})")
-
-
-def storable(pixels: np.ndarray) -> np.ndarray:
-    """The smallest dtype that keeps the modality values exactly (datasets encodes each losslessly)."""
-    if pixels.dtype in (np.uint8, np.uint16, np.int16):
-        return pixels
-    if pixels.min() >= -32768 and pixels.max() <= 32767 and (pixels.dtype.kind in "iu" or np.all(np.mod(pixels, 1) == 0)):
-        return pixels.astype(np.int16)  # e.g. CT in whole Hounsfield units: half the bytes of float32
-    return pixels.astype(np.float32)
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(IMAGE_SUFFIXES):
-        return "image"
-    if is_dicom_file(path):
-        return "dicom"
-    return None
 
 
 class MedicalImageFolder(MedicalBuilder):
@@ -112,7 +93,7 @@ class MedicalImageFolder(MedicalBuilder):
             raise DataFileError(f"{root}: no such folder")
         files, ignored = {}, []
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            (files.__setitem__(path.relative_to(root).as_posix(), path) if _kind(path) else ignored.append(path.name))
+            (files.__setitem__(path.relative_to(root).as_posix(), path) if reader_for(path) else ignored.append(path.name))
         if ignored:
             logger.info("%s: %d file(s) that are not images were ignored: %s", root, len(ignored), ignored[:20])
         if not files:
@@ -137,7 +118,7 @@ class MedicalImageFolder(MedicalBuilder):
             slice_index=datasets.Value("int32"),
             modality=datasets.Value("string"),
             pixel_spacing=datasets.Sequence(datasets.Value("float32"), length=2),
-            window=datasets.Sequence(datasets.Value("float32"), length=2),
+            voi=datasets.Value("string"),
             photometric_interpretation=datasets.Value("string"),
         )
         if self.config.include_phi:
@@ -150,60 +131,56 @@ class MedicalImageFolder(MedicalBuilder):
         ]
 
     def _items(self, root: Path, files: dict[str, Path], errors: list):
-        """What to read: 2-D files one by one; DICOM files grouped by (folder, SeriesInstanceUID)."""
+        """(reader name, relative path, paths) to read: files one by one, except DICOM files that are slices of one
+        volume (grouped per folder and SeriesInstanceUID, then checked by `is_one_volume`)."""
         groups = defaultdict(list)
         for rel, path in files.items():
-            kind = _kind(path)
-            if kind != "dicom":
-                yield kind, rel, [path]
+            reader = reader_for(path)
+            if reader.name != "dicom":
+                yield reader.name, rel, [path]
                 continue
             try:
-                import pydicom
-
-                header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-                groups[(path.parent, str(header.get("SeriesInstanceUID", rel)))].append((rel, path))
-            except Exception as e:
-                errors.append((rel, f"not a readable DICOM header: {e}"))
-        for (_, _), members in groups.items():
-            if len(members) == 1:
-                yield "dicom", members[0][0], [members[0][1]]
-            else:  # a series: one volume, labelled and named by its folder
+                header = read_dicom_header(path)
+            except MedicalImageError as e:
+                errors.append((rel, str(e)))
+                continue
+            groups[(path.parent, str(header.get("SeriesInstanceUID", rel)))].append((rel, path, header))
+        for members in groups.values():
+            if is_one_volume([header for _, _, header in members]):
                 rel = members[0][0].rsplit("/", 1)[0] if "/" in members[0][0] else "."
-                yield "series", rel, [p for _, p in members]
+                yield "dicom_series", rel, [path for _, path, _ in members]
+            else:  # single images, even if they share a SeriesInstanceUID (e.g. two radiographs of one study)
+                for rel, path, _ in members:
+                    yield "dicom", rel, [path]
 
     def _slices(self, kind: str, paths: list[Path]):
-        """(slice_index, MedicalImage or file path) for one item."""
+        """(slice_index, MedicalImage) for one item, read through the reader table."""
         axis, stride = self.config.slice_axis, self.config.slice_stride
-        phi = self.config.include_phi
-        if kind == "image":
-            with Image.open(paths[0]) as image:
-                image.load()  # decode fully: a truncated file fails here, not in a training run
-            yield None, str(paths[0])
-        elif kind == "dicom":
-            image = read_dicom(paths[0], include_phi=phi)
-            frames = range(0, image.num_frames, stride) if image.num_frames > 1 else [None]
-            for index in frames:
-                yield index, image.frame(index) if index is not None else image
+        if kind == "dicom_series":  # a list of files, not a folder: the folder may hold other series too
+            content = read_dicom_series(paths, include_phi=self.config.include_phi)
         else:
-            volume = read_nifti(paths[0]) if kind == "nifti" else read_dicom_series(paths, include_phi=phi)
-            for index in range(0, volume.num_slices(axis), stride):
-                yield index, volume.slice(index, axis)
+            content = reader_for(paths[0]).read(paths[0], include_phi=self.config.include_phi)
+        if isinstance(content, MedicalVolume):
+            for index in range(0, content.num_slices(axis), stride):
+                yield index, content.slice(index, axis)
+        elif content.num_frames > 1:
+            for index in range(0, content.num_frames, stride):
+                yield index, content.frame(index)
+        else:
+            yield None, content
 
-    def _row(self, rel: str, index, content, label):
-        row = {"source_file": rel, "slice_index": index, "modality": None, "pixel_spacing": None, "window": None,
-               "photometric_interpretation": None}
-        if isinstance(content, MedicalImage):
-            row["image"] = storable(content.pixels)
-            row["modality"] = content.modality
-            row["pixel_spacing"] = list(content.pixel_spacing) if content.pixel_spacing else None
-            row["window"] = list(content.window) if content.window else None
-            row["photometric_interpretation"] = content.photometric_interpretation
-            if self.config.include_phi:
-                row["phi"] = json.dumps(content.phi or {})
-        else:
-            row["image"] = content
-            if self.config.include_phi:
-                row["phi"] = None
+    def _row(self, rel: str, index, image: MedicalImage, label):
+        row = {
+            "image": image.pixels,
+            "source_file": rel,
+            "slice_index": index,
+            "modality": image.modality,
+            "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
+            "voi": json.dumps(image.voi, sort_keys=True) if image.voi else None,
+            "photometric_interpretation": image.photometric_interpretation,
+        }
+        if self.config.include_phi:
+            row["phi"] = json.dumps(image.phi) if image.phi else None
         if label is not None:
             row["labels" if isinstance(label, list) else "label"] = label
         return row
@@ -216,7 +193,7 @@ class MedicalImageFolder(MedicalBuilder):
                 label = next(v for k, v in labels.items() if k.startswith(f"{rel}/"))
             try:
                 rows = [self._row(rel, index, content, label) for index, content in self._slices(kind, paths)]
-            except (MedicalImageError, OSError, ValueError) as e:
+            except (MedicalImageError, OSError) as e:
                 errors.append((rel, str(e)))
                 continue
             for row in rows:

@@ -1,71 +1,63 @@
-"""MedNet for the Hugging Face ecosystem. Importing the package registers MedNet with the transformers Auto
-classes, DICOM with PIL, and the bundled `mednet/gray` and `mednet/color` checkpoints with the Hugging Face cache
-(once; see `mednet_hf.bundled`); nothing else happens here."""
+"""MedNet for the Hugging Face ecosystem.
 
-import warnings
+Importing the package does nothing heavy by itself, so `mednet_hf.builders` and the readers load without torch
+and without touching the Hugging Face cache. What concerns transformers happens once transformers is imported, in
+whichever order the two are imported:
 
-from transformers import (
-    AutoBackbone,
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-)
+- the MedNet configuration, models and processors register with the transformers Auto classes (each module
+  registers its own classes when it is imported), and DICOM registers with PIL;
+- the bundled `mednet/gray` and `mednet/color` checkpoints are placed in the Hugging Face cache, once (see
+  `mednet_hf.bundled`), so `AutoModel.from_pretrained("mednet/gray")` works offline.
 
-from .bundled import install_bundled
-from .configuration_mednet import MedNetConfig
-from .image_processing_mednet import MedNetImageProcessor, MedNetImageProcessorPil
-from .intensity import WINDOW_PRESETS
-from .medical_io import (
-    MedicalImage,
-    MedicalImageError,
-    MedicalVolume,
-    read_dicom,
-    read_dicom_series,
-    read_nifti,
-    to_medical_image,
-)
-from .modeling_mednet import MedNetBackbone, MedNetForImageClassification, MedNetModel, MedNetPreTrainedModel
+The public names below resolve on first use (PEP 562).
+"""
 
-__version__ = "0.1.0"
+import importlib
 
-AutoConfig.register(MedNetConfig.model_type, MedNetConfig, exist_ok=True)
-AutoModel.register(MedNetConfig, MedNetModel, exist_ok=True)
-AutoModelForImageClassification.register(MedNetConfig, MedNetForImageClassification, exist_ok=True)
-AutoBackbone.register(MedNetConfig, MedNetBackbone, exist_ok=True)
-AutoImageProcessor.register(
-    MedNetConfig,
-    image_processor_classes={"torchvision": MedNetImageProcessor, "pil": MedNetImageProcessorPil},
-    exist_ok=True,
-)
-# Saved checkpoints carry an auto_map and the modeling files, so they load without this package
-# (`trust_remote_code=True`).
-MedNetConfig.register_for_auto_class()
-MedNetModel.register_for_auto_class("AutoModel")
-MedNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-MedNetBackbone.register_for_auto_class("AutoBackbone")
-MedNetImageProcessor.register_for_auto_class("AutoImageProcessor")
-MedNetImageProcessorPil.register_for_auto_class("AutoImageProcessor")
-# `from_pretrained("mednet/gray")` resolves offline through the cache; a cache that has them already is left alone.
-try:
-    install_bundled()
-except OSError as e:  # a read-only cache must not make the package unimportable
-    warnings.warn(f"the bundled MedNet checkpoints could not be placed in the Hugging Face cache: {e}", stacklevel=2)
+import wrapt
 
-__all__ = [
-    "MedNetBackbone",
-    "MedNetConfig",
-    "MedNetForImageClassification",
-    "MedNetImageProcessor",
-    "MedNetImageProcessorPil",
-    "MedNetModel",
-    "MedNetPreTrainedModel",
-    "MedicalImage",
-    "MedicalImageError",
-    "MedicalVolume",
-    "WINDOW_PRESETS",
-    "read_dicom",
-    "read_dicom_series",
-    "read_nifti",
-    "to_medical_image",
-]
+__version__ = "0.2.0"
+
+_PUBLIC = {
+    "MedNetConfig": "configuration_mednet",
+    "MedNetPreTrainedModel": "modeling_mednet",
+    "MedNetModel": "modeling_mednet",
+    "MedNetForImageClassification": "modeling_mednet",
+    "MedNetBackbone": "modeling_mednet",
+    "MedNetImageProcessor": "image_processing_mednet",
+    "MedNetImageProcessorPil": "image_processing_mednet",
+    "WINDOW_PRESETS": "intensity",
+    "MedicalImage": "medical_io",
+    "MedicalImageError": "medical_io",
+    "MedicalVolume": "medical_io",
+    "read_dicom": "medical_io",
+    "read_dicom_series": "medical_io",
+    "read_nifti": "medical_io",
+    "read_path": "medical_io",
+    "to_medical_image": "medical_io",
+    "install_bundled": "bundled",
+}
+
+
+def _register(transformers_module) -> None:
+    from .registration import register_with_transformers
+
+    register_with_transformers(transformers_module)
+
+
+wrapt.register_post_import_hook(_register, "transformers")
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = sorted(_PUBLIC)

@@ -1,8 +1,10 @@
 """The `mednet` command line."""
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
 
@@ -44,7 +46,7 @@ def _add_data_commands(commands) -> None:
 
 
 def _run_data(args) -> None:
-    from .data import load_medical_dataset
+    from .data import BUILDERS, load_medical_dataset
 
     dataset = load_medical_dataset(
         args.name, args.config, args.data_dir, size=args.size, cache_dir=args.cache_dir,
@@ -62,39 +64,55 @@ def _run_data(args) -> None:
     from .hub import push_dataset
 
     commit = push_dataset(
-        dataset, args.repo_id, builder=args.name, private=args.private, token=args.token,
+        dataset, args.repo_id, builder=args.name, builder_class=BUILDERS[args.name].__name__, private=args.private, token=args.token,
         revision=args.revision, max_shard_size=args.max_shard_size, allow_phi=args.allow_phi,
         checksums_verified=not args.no_checks,
     )
     print(f"pushed {args.repo_id}: {commit}")
 
 
+def _base_type(annotation):
+    """`int`, `str | None`, `dict` ... → the type argparse converts to (the first non-None member of a union)."""
+    members = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    return typing.get_origin(members[0]) or members[0]
+
+
+def add_dataclass_arguments(parser, cls, overrides_only: bool = False) -> None:
+    """One command-line option per field of dataclass `cls` that has a `help` text, so an option is defined once.
+    Required fields become positional-free required options; `overrides_only` gives every option the default None
+    (the recipe file supplies the values, the command line overrides some)."""
+    for spec in dataclasses.fields(cls):
+        text = spec.metadata.get("help")
+        if text is None:
+            continue
+        flag = spec.metadata.get("flag", "--" + spec.name.replace("_", "-"))
+        kind = _base_type(spec.type)
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        default = None if overrides_only or required else (
+            spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default)
+        if kind is dict:
+            parser.add_argument(flag, dest=spec.name, type=_option, action="append", metavar="KEY=VALUE", help=text)
+        elif kind is bool and not overrides_only:
+            parser.add_argument(flag, dest=spec.name, action="store_true", default=default, help=text)
+        elif kind is bool:
+            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=spec.name, type=kind, default=default, required=required,
+                                help=text + ("" if default is None else f" (default: {default})"))
+
+
 def _add_training_commands(commands) -> None:
+    from .training.finetune import FinetuneArguments
+    from .training.recipe import Recipe
+
     p = commands.add_parser("pretrain", help="pretrain a MedNet backbone from a recipe (use `accelerate launch` for many processes)")
     p.add_argument("--recipe", required=True, help="YAML recipe, e.g. training/configs/gray.yaml")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--resume", nargs="?", const="latest", help="continue from the latest checkpoint, or from this one")
-    for key, kind in (("steps", int), ("batch-size", int), ("image-size", int), ("lr", float), ("checkpoint-every", int),
-                      ("backbone", str), ("mixed-precision", str), ("init", str), ("seed", int)):
-        p.add_argument(f"--{key}", type=kind, help="override the recipe's value")
+    add_dataclass_arguments(p.add_argument_group("recipe overrides"), Recipe, overrides_only=True)
 
     f = commands.add_parser("finetune", help="fine-tune a MedNet checkpoint with the transformers Trainer")
-    f.add_argument("--model", required=True, help="a saved MedNet folder (e.g. a pretrain run's final/) or a Hub id")
-    f.add_argument("--dataset", required=True, help="medmnist:<subset>, imagefolder, chestxray14")
-    f.add_argument("--data-dir")
-    f.add_argument("--size", type=int, help="MedMNIST image size")
-    f.add_argument("--output-dir", default="runs/finetune")
-    f.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of the training labels")
-    f.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train the classifier only")
-    f.add_argument("--new-head", action="store_true", help="replace a checkpoint's classifier trained for other labels")
-    f.add_argument("--epochs", type=float, default=3.0)
-    f.add_argument("--max-steps", type=int, default=-1)
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--no-checks", action="store_true", help="accept data files whose md5 differs from the official one")
-    f.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="dataset builder option")
+    add_dataclass_arguments(f, FinetuneArguments)
 
 
 def _add_hub_commands(commands) -> None:
@@ -136,10 +154,10 @@ def _run_hub(args) -> None:
 
 
 def _run_pretrain(args) -> None:
-    from training.pretrain import pretrain
+    from .training.pretrain import pretrain
+    from .training.recipe import Recipe
 
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "lr", "checkpoint_every", "backbone",
-                                              "mixed_precision", "init", "seed")}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if hasattr(args, f.name)}
     record = pretrain(args.recipe, args.output_dir, resume=args.resume, **overrides)
     if "export" in record:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in record["final_losses"].items())
@@ -149,14 +167,11 @@ def _run_pretrain(args) -> None:
 
 
 def _run_finetune(args) -> None:
-    from training.finetune import finetune
+    from .training.finetune import FinetuneArguments, finetune
 
-    record = finetune(
-        args.model, args.dataset, args.data_dir, args.output_dir, size=args.size, label_fraction=args.label_fraction,
-        linear_probe=args.linear_probe, new_head=args.new_head, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
-        verification_mode="no_checks" if args.no_checks else None, options=dict(args.option),
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneArguments) if hasattr(args, f.name)}
+    values["options"] = dict(values.get("options") or [])
+    record = finetune(FinetuneArguments(**values))
     print(f"fine-tuned {record['steps']} steps on {record['train_rows']} images in {record['seconds']:.0f} s")
     for split in ("validation", "test"):
         metrics = record[split]

@@ -4,14 +4,16 @@
     ds = ds.with_transform(medical_transform(processor, ds["train"].features))
 """
 
-import numpy as np
+import copy
+import json
+
 import torch
 from datasets import DatasetDict, Features, Sequence
 from datasets.exceptions import DatasetGenerationError
 
-from dataset_scripts import DRIVE, ChestXray14, MedicalImageFolder, MedMNIST
+from .builders import DRIVE, ChestXray14, MedicalImageFolder, MedMNIST
 
-from .medical_io import MedicalImage
+from .medical_io import MedicalImage, from_pil
 
 BUILDERS = {"medmnist": MedMNIST, "imagefolder": MedicalImageFolder, "drive": DRIVE, "chestxray14": ChestXray14}
 
@@ -68,23 +70,26 @@ def load_medical_dataset(
     return builder.as_dataset()
 
 
-def row_to_medical_image(batch: dict, index: int) -> MedicalImage:
-    """Rebuild the `MedicalImage` of row `index` of a batch: the pixels plus the convention columns the image-folder
-    builder stores (other datasets lack them, and their defaults apply)."""
+def row_to_medical_image(batch: dict, index: int, image_column: str = "image") -> MedicalImage:
+    """Rebuild the `MedicalImage` of row `index` of a batch: the decoded pixels, read as the processor reads a
+    file (`medical_io.from_pil`), plus the columns the image-folder builder stores for the intensity step (other
+    datasets lack them, and their defaults apply). A row and the file it came from give the same `pixel_values`."""
 
     def column(name: str):
         values = batch.get(name)
         return values[index] if values is not None else None
 
-    pixels = np.asarray(batch["image"][index])
-    window = column("window")
-    return MedicalImage(
-        pixels=pixels,
-        photometric_interpretation=column("photometric_interpretation") or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
-        modality=column("modality"),
-        window=tuple(window) if window else None,
-        source=str(column("source_file") or f"example {index}"),
-    )
+    source = str(column("source_file") or f"example {index}")
+    image = copy.copy(from_pil(batch[image_column][index], source))
+    if column("photometric_interpretation"):
+        image.photometric_interpretation = column("photometric_interpretation")
+    if column("modality"):
+        image.modality = column("modality")
+    if column("voi"):
+        image.voi = json.loads(column("voi"))
+    if column("pixel_spacing"):
+        image.pixel_spacing = tuple(column("pixel_spacing"))
+    return image
 
 
 def medical_transform(processor, features: Features, image_column: str = "image"):
@@ -97,7 +102,7 @@ def medical_transform(processor, features: Features, image_column: str = "image"
     num_classes = features[label_column].feature.num_classes if isinstance(features.get(label_column), Sequence) else None
 
     def transform(batch: dict) -> dict:
-        images = [row_to_medical_image(batch, i) for i in range(len(batch[image_column]))]
+        images = [row_to_medical_image(batch, i, image_column) for i in range(len(batch[image_column]))]
         out = processor(images, return_tensors="pt")
         if label_column is not None:
             if num_classes is None:

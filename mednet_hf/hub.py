@@ -9,7 +9,6 @@ from datasets import ClassLabel, DatasetDict, Sequence
 from huggingface_hub import DatasetCard, hf_hub_download
 
 from .bundled import REMOTE_CODE
-from .data import BUILDERS
 
 logger = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
@@ -37,6 +36,7 @@ def push_dataset(
     repo_id: str,
     *,
     builder: str,
+    builder_class: str | None = None,
     config: str | None = None,
     private: bool = False,
     token: str | None = None,
@@ -78,7 +78,7 @@ def push_dataset(
         pretty_name=data.pretty_name,
         description=info.description or "",
         builder=builder,
-        builder_class=BUILDERS[builder].__name__,
+        builder_class=builder_class or builder,
         config=config,
         homepage=info.homepage or "local files",
         license=info.license or "see the original source",
@@ -169,8 +169,9 @@ def default_model_card(folder, repo_id: str) -> str:
     data = ModelCardData(library_name="transformers", tags=["medical-imaging", "mednet", "timm", "transformers"], license="other")
     lines = [
         f"# {repo_id}", "",
-        f"A MedNet `{config.get('architectures', ['MedNetModel'])[0]}` ({config['backbone']}, {config['variant']} variant, "
-        f"{config['image_size']} px), saved with `mednet_hf`." + (f" Classes: {', '.join(labels)}." if labels and record else ""), "",
+        f"A MedNet `{config.get('architectures', ['MedNetModel'])[0]}` ({config['architecture']}, {config['variant']} variant, "
+        f"{config['pretrained_cfg']['input_size'][-1]} px), saved with `mednet_hf`." + (f" Classes: {', '.join(labels)}." if labels and record else ""), "",
+        "It is also a timm checkpoint: `timm.create_model(\"hf-hub:" + repo_id + "\", pretrained=True)`.", "",
         "```python", "import mednet_hf", "from transformers import AutoImageProcessor, AutoModelForImageClassification",
         f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")',
         f'processor = AutoImageProcessor.from_pretrained("{repo_id}")', "```", "",

@@ -8,7 +8,17 @@ The data path, top to bottom:
 The first two steps are shared; only the last differs between the two backends: `MedNetImageProcessor`
 (torchvision, batched tensors) and `MedNetImageProcessorPil` (PIL/numpy). Both resize in float32, so they agree to
 within rounding.
+
+The geometry (input size, crop_pct, mean/std, interpolation, channels) has one home: the model's `config.json`
+(`pretrained_cfg`, as timm and transformers' `TimmWrapperImageProcessor` read it). Loaded from a model folder or
+repository, the processor takes it from there; its own `preprocessor_config.json` then holds only the medical
+options (intensity rule, window, frame and slice policy). A processor saved where no model config is keeps its
+geometry in its own file.
 """
+
+import importlib
+import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -17,11 +27,12 @@ from transformers.image_processing_backends import PilBackend, TorchvisionBacken
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import CONFIG_NAME, cached_file
 
-# Importing the plugin registers DICOM with PIL, here too so that remote-code loading gets it. (transformers copies
+# Importing the plugin registers DICOM and NIfTI with PIL, here too so that remote-code loading gets it. (transformers copies
 # the files named in `from .module import` lines along with a saved processor.)
-from .dicom_pil_plugin import DicomImageFile  # noqa: F401
-from .configuration_mednet import VARIANTS
+from .pil_plugin import MedicalImageFile  # noqa: F401
+from .configuration_mednet import VARIANTS, MedNetConfig
 from .intensity import INTENSITY_MODES, resolve_window, to_unit_range
 from .medical_io import MedicalImageError, to_medical_image
 
@@ -45,6 +56,32 @@ class MedNetImageProcessorKwargs(ImagesKwargs, total=False):
     frame: int | None
     slice_index: int | None
     slice_axis: int
+
+
+# The processor settings that `pretrained_cfg` owns, and PIL's names for timm's interpolation strings.
+GEOMETRY_KEYS = ("size", "crop_size", "image_mean", "image_std", "resample", "num_channels")
+RESAMPLE = {"bilinear": PILImageResampling.BILINEAR, "bicubic": PILImageResampling.BICUBIC,
+            "nearest": PILImageResampling.NEAREST}
+
+
+def geometry_from_pretrained_cfg(cfg: dict) -> dict:
+    """timm's `pretrained_cfg` → the processor's size, crop, mean/std, resample and channels."""
+    channels, height, width = cfg["input_size"]
+    crop_pct = float(cfg.get("crop_pct", 1.0))
+    return {
+        "num_channels": int(channels),
+        "size": {"shortest_edge": int(round(min(height, width) / crop_pct))},
+        "crop_size": {"height": int(height), "width": int(width)},
+        "image_mean": list(cfg["mean"]),
+        "image_std": list(cfg["std"]),
+        "resample": RESAMPLE[cfg.get("interpolation", "bilinear")],
+    }
+
+
+def _timm_pretrained_cfg(config_file) -> dict | None:
+    if config_file is None or not Path(config_file).is_file():
+        return None
+    return json.loads(Path(config_file).read_text()).get("pretrained_cfg")
 
 
 def _flatten(images) -> list:
@@ -101,11 +138,35 @@ class _MedNetProcessing:
         self._check_settings(self.num_channels, self.image_mean, self.image_std, self.intensity, self.window)
 
     @classmethod
-    def from_model_config(cls, config, **kwargs):
-        """The processor matching a `MedNetConfig` (variant, image size, crop_pct, mean/std)."""
-        kwargs.setdefault("image_mean", config.image_mean)
-        kwargs.setdefault("image_std", config.image_std)
-        return cls(variant=config.variant, image_size=config.image_size, crop_pct=config.crop_pct, **kwargs)
+    def from_model_config(cls, config: MedNetConfig, **kwargs):
+        """The processor matching a `MedNetConfig` (its `pretrained_cfg`); keyword arguments win."""
+        return cls(**{**geometry_from_pretrained_cfg(config.pretrained_cfg), **kwargs})
+
+    @classmethod
+    def get_image_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """The saved medical options, with the geometry taken from the model's `config.json` where there is one."""
+        hub = {k: kwargs[k] for k in ("cache_dir", "force_download", "token", "local_files_only", "revision", "subfolder") if k in kwargs}
+        try:
+            processor_dict, kwargs = super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
+            missing = None
+        except OSError as e:  # a model folder saved without a processor: config.json alone is enough
+            processor_dict, missing = {"image_processor_type": cls.__name__}, e
+            kwargs = {k: v for k, v in kwargs.items() if k not in hub and k not in ("proxies", "image_processor_filename", "_from_auto", "_from_pipeline")}
+        config_file = cached_file(str(pretrained_model_name_or_path), CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
+                                  _raise_exceptions_for_connection_errors=False, **hub)
+        cfg = _timm_pretrained_cfg(config_file)
+        if cfg is None:
+            if missing is not None:
+                raise missing
+            return processor_dict, kwargs
+        return {**processor_dict, **geometry_from_pretrained_cfg(cfg)}, kwargs
+
+    def to_json_file(self, json_file_path) -> None:
+        """Beside a model's `config.json`, write only the medical options: the geometry lives in that config."""
+        data = json.loads(self.to_json_string())
+        if _timm_pretrained_cfg(Path(json_file_path).parent / CONFIG_NAME) is not None:
+            data = {k: v for k, v in data.items() if k not in GEOMETRY_KEYS}
+        Path(json_file_path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @staticmethod
     def _check_settings(num_channels, image_mean, image_std, intensity, window) -> None:
@@ -178,3 +239,15 @@ class MedNetImageProcessorPil(_MedNetProcessing, PilBackend):
 
 
 __all__ = ["MedNetImageProcessor", "MedNetImageProcessorPil"]
+
+if __package__ == "mednet_hf":  # the installed package registers itself; a copy loaded as remote code does not
+    from transformers import AutoImageProcessor
+
+    AutoImageProcessor.register(
+        MedNetConfig, image_processor_classes={"torchvision": MedNetImageProcessor, "pil": MedNetImageProcessorPil},
+        exist_ok=True,
+    )
+    MedNetImageProcessor.register_for_auto_class("AutoImageProcessor")
+    MedNetImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+    # importlib, not an import statement: remote-code loading copies the files a checkpoint's code imports.
+    importlib.import_module("mednet_hf.registration").register_with_transformers(completed=__name__)

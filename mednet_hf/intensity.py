@@ -1,20 +1,24 @@
-"""The MedNet intensity convention: the one rule every input follows, in the processor, the datasets and training.
+"""The MedNet intensity convention: the one rule every input follows, in the processor, the PIL plugin, the
+datasets and training.
 
-1. **Modality values.** DICOM pixels go through the Modality LUT (RescaleSlope/RescaleIntercept), so CT is in
+1. **Modality values.** DICOM pixels go through the Modality LUT (pydicom's `apply_modality_lut`), so CT is in
    Hounsfield units. Every other input (PNG/JPEG/TIFF, NIfTI, arrays, tensors) is taken as stored.
 2. **Unit range.** Values are mapped to [0, 1] by the processor's `intensity` mode:
 
-   - `"window"`: linear window, `center - width/2` → 0 and `center + width/2` → 1, clipped. The window is the
-     `window` argument (a preset name below or `(center, width)`), else the DICOM VOI LUT, else the DICOM
-     WindowCenter/WindowWidth.
+   - `"window"`: an explicit `window` argument (a preset name below or `(center, width)`, in modality units) maps
+     `center - width/2` → 0 and `center + width/2` → 1, clipped. The presets are radiology conventions in HU, not
+     a DICOM VOI. Without one, the DICOM header's VOI applies through pydicom (`pydicom.pixels.apply_voi_lut`:
+     the VOI LUT Sequence if present, else WindowCenter/WindowWidth with its VOILUTFunction, LINEAR by default),
+     and its output range (DICOM PS3.3 C.11.2) is mapped linearly onto [0, 1].
    - `"minmax"`: the image's minimum → 0, maximum → 1 (a constant image becomes 0).
    - `"percentile"`: like min–max between the `percentiles` (default 0.5 and 99.5), clipped.
    - `"none"`: the input is already in [0, 1]; values outside are an error.
-   - `"auto"` (default): `"window"` when a window is known; else uint8 data ÷ 255; else float data already within
-     [0, 1] as it is; else `"minmax"`.
+   - `"auto"` (default): `"window"` when a window is known (argument or header); else uint8 data ÷ 255; else float
+     data already within [0, 1] as it is; else `"minmax"`.
 3. **Polarity.** DICOM MONOCHROME1 images are inverted (`1 - x`), so 1 is always the brightest pixel.
-4. **Channels.** A gray image for a color model (3 channels) is replicated; a color image for a gray model is
-   converted to luma, `0.299 R + 0.587 G + 0.114 B` (ITU-R BT.601, PIL's rule); alpha is dropped.
+4. **Channels.** A gray image for a color model (3 channels) is replicated. A color image for a gray model is
+   converted to luma, `0.299 R + 0.587 G + 0.114 B` (ITU-R BT.601, PIL's rule), except that an RGB image whose
+   three channels are equal is a gray image stored as RGB and keeps that gray exactly. Alpha is dropped.
 
 After this the processor resizes (short side to `image_size / crop_pct`, bilinear, antialiased), center-crops to
 `image_size` and normalises with the variant's mean and std. Empty images and NaN/inf values are errors.
@@ -25,6 +29,9 @@ import logging
 import numpy as np
 
 from .medical_io import MedicalImage, MedicalImageError
+
+# Far outside any window: pydicom sends such values to the bottom and top of the VOI output range.
+_RANGE_PROBE = np.array([-1e300, 1e300])
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +62,28 @@ def resolve_window(window) -> tuple[float, float] | None:
 
 
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """A named or explicit HU window: `center - width/2` → 0, `center + width/2` → 1, clipped."""
     low = center - width / 2.0
     return np.clip((values - low) / width, 0.0, 1.0)
+
+
+def apply_header_voi(values: np.ndarray, voi: dict, source: str) -> np.ndarray:
+    """The DICOM header's VOI (DICOM JSON, see `MedicalImage.voi`) through pydicom, mapped onto [0, 1]."""
+    import pydicom
+
+    ds = pydicom.Dataset.from_json(voi)
+    try:
+        with np.errstate(over="ignore"):  # SIGMOID's exp() overflows to its asymptotes on the range probe
+            out = pydicom.pixels.apply_voi_lut(values, ds)
+            if "VOILUTSequence" in ds:  # the LUT wins (pydicom's prefer_lut); its output is [0, 2**bits - 1]
+                low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+            else:
+                low, high = pydicom.pixels.apply_voi_lut(_RANGE_PROBE, ds)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise MedicalImageError(f"{source}: the DICOM VOI (window / VOI LUT) cannot be applied: {e}") from e
+    if not np.isfinite([low, high]).all() or high == low:
+        raise MedicalImageError(f"{source}: the DICOM VOI output range [{low}, {high}] is empty; the header is wrong")
+    return ((np.asarray(out, dtype=np.float64) - low) / (high - low)).astype(np.float32)
 
 
 def _check_finite(pixels: np.ndarray, source: str) -> None:
@@ -78,12 +105,8 @@ def _unit_range(image: MedicalImage, intensity: str, window, percentiles) -> np.
             if isinstance(window, str) and image.modality not in (None, "CT"):
                 logger.warning("window preset %r is in Hounsfield units but %s is %s", window, source, image.modality)
             return apply_window(values, *explicit)
-        if image.voi_lut is not None:
-            first, table = image.voi_lut
-            index = np.clip(np.rint(values) - first, 0, len(table) - 1).astype(np.int64)
-            return table[index]
-        if image.window is not None:
-            return apply_window(values, *image.window)
+        if image.voi is not None:
+            return apply_header_voi(pixels, image.voi, source)
         if intensity == "window":
             raise MedicalImageError(f"{source}: intensity='window' but no window was given and the header has none")
         if pixels.dtype == np.uint8:
@@ -96,6 +119,8 @@ def _unit_range(image: MedicalImage, intensity: str, window, percentiles) -> np.
             raise MedicalImageError(f"{source}: intensity='none' needs values in [0, 1], got [{values.min()}, {values.max()}]")
         return values
     if intensity == "percentile":
+        if not 0 <= percentiles[0] < percentiles[1] <= 100:
+            raise MedicalImageError(f"{source}: percentiles must be (low, high) with 0 ≤ low < high ≤ 100, got {tuple(percentiles)}")
         low, high = np.percentile(values, percentiles)
     else:
         low, high = values.min(), values.max()
@@ -128,8 +153,10 @@ def to_unit_range(
     if num_channels == 3 and unit.shape[0] == 1:
         return np.repeat(unit, 3, axis=0)
     if num_channels == 1 and unit.shape[0] == 3:
+        if np.array_equal(unit[0], unit[1]) and np.array_equal(unit[0], unit[2]):
+            return unit[:1].copy()  # gray stored as RGB (e.g. after PIL's convert("RGB")): keep it exact
         return np.tensordot(LUMA_WEIGHTS, unit, axes=1)[None]
     raise MedicalImageError(f"{image.source}: cannot turn {unit.shape[0]} channel(s) into {num_channels}")
 
 
-__all__ = ["INTENSITY_MODES", "WINDOW_PRESETS", "apply_window", "resolve_window", "to_unit_range"]
+__all__ = ["INTENSITY_MODES", "WINDOW_PRESETS", "apply_header_voi", "apply_window", "resolve_window", "to_unit_range"]

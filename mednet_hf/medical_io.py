@@ -1,20 +1,26 @@
-"""Reading medical images into arrays in modality units: DICOM files (single and multi-frame), DICOM series,
-NIfTI volumes, and the ordinary inputs (PIL images, numpy arrays, torch tensors, PNG/JPEG/TIFF paths).
+"""Reading medical files into arrays in modality units, through one reader table.
 
-This module decides nothing about intensity (see `intensity.py`): it returns the pixels as stored, after the DICOM
-Modality LUT (RescaleSlope/Intercept), together with what the intensity step needs (photometric interpretation,
-the header's VOI window or VOI LUT). Patient-identifying DICOM fields are never returned unless `include_phi=True`.
+`READERS` lists one reader per kind of input, in the style of MONAI's `ImageReader`/`LoadImage`: a DICOM series
+folder, a NIfTI volume, a DICOM file (recognised by its content, whatever its name), and everything PIL opens
+(PNG, JPEG, TIFF, BMP). Each has `accepts(path)` and `read(path)`. The processor, the PIL plugin and the
+image-folder builder all go through `reader_for` / `read_path`, so a new format touches this file only.
+
+This module decides nothing about intensity (see `intensity.py`). It returns the pixels after the DICOM Modality
+LUT (RescaleSlope/Intercept, through pydicom), in the smallest dtype that holds them exactly, together with what
+the intensity step needs: the photometric interpretation and the DICOM VOI module (window, VOI LUT function,
+VOI LUT Sequence) as DICOM JSON. Patient-identifying DICOM fields leave this module only with `include_phi=True`.
 """
 
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,13 @@ PHI_KEYWORDS = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "DeviceSerialNumber",
 )
 
+# The header fields the VOI step reads (PS3.3 C.11.2, and the output range rules of C.11.1/C.11.2). None identifies
+# a patient, so they travel with the pixels: in `MedicalImage.voi` and in dataset rows.
+VOI_KEYWORDS = (
+    "PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+    "WindowCenter", "WindowWidth", "VOILUTFunction",
+)
+
 # DICOM objects whose pixels (if any) are not an image a model should see.
 NON_IMAGE_MODALITIES = {
     "SEG": "a Segmentation object: its frames are label masks, not an image",
@@ -44,6 +57,8 @@ DICOM_DECODERS_HINT = (
     "install the decoders with `pip install 'mednet-hf[dicom]'` "
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)"
 )
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class MedicalImageError(ValueError):
@@ -56,8 +71,8 @@ class MedicalImage:
 
     pixels: `(H, W)` gray or `(H, W, 3)` RGB; multi-frame DICOMs hold `(frames, H, W[, 3])` until `frame()` picks one.
     photometric_interpretation: `MONOCHROME1` (low = white, inverted by the intensity step), `MONOCHROME2` or `RGB`.
-    window: the header's VOI window `(center, width)`, in modality units.
-    voi_lut: the header's VOI LUT as `(first_mapped_value, table scaled to [0, 1])`.
+    voi: the DICOM VOI module as DICOM JSON (`pydicom.Dataset.to_json_dict()` of the `VOI_KEYWORDS` and the VOI LUT
+        Sequence); `None` for non-DICOM inputs. `intensity.py` hands it to `pydicom.pixels.apply_voi_lut`.
     pixel_spacing: `(row, column)` in mm where the source says.
     phi: patient-identifying header fields, only when read with `include_phi=True`.
     """
@@ -65,8 +80,7 @@ class MedicalImage:
     pixels: np.ndarray
     photometric_interpretation: str = "MONOCHROME2"
     modality: str | None = None
-    window: tuple[float, float] | None = None
-    voi_lut: tuple[int, np.ndarray] | None = None
+    voi: dict | None = None
     pixel_spacing: tuple[float, float] | None = None
     num_frames: int = 1
     source: str = "<array>"
@@ -75,6 +89,14 @@ class MedicalImage:
     @property
     def is_color(self) -> bool:
         return self.photometric_interpretation not in ("MONOCHROME1", "MONOCHROME2")
+
+    @property
+    def header_window(self) -> tuple[float, float] | None:
+        """The header's default window `(center, width)`, for display and summaries; `None` without one."""
+        if not self.voi or "00281050" not in self.voi or "00281051" not in self.voi:
+            return None
+        center, width = (self.voi[tag].get("Value", [None])[0] for tag in ("00281050", "00281051"))
+        return None if center is None or width is None else (float(center), float(width))
 
     def frame(self, index: int | None = None) -> "MedicalImage":
         """One frame of a multi-frame image; `None` picks the middle one. A single-frame image returns itself."""
@@ -93,14 +115,16 @@ class MedicalVolume:
     array: NIfTI volumes are reoriented to RAS+ (axis 0: left→right, 1: posterior→anterior, 2: inferior→superior,
         so axis 2 gives axial slices); DICOM series are `(rows, columns, slices)` in ImagePositionPatient order.
     spacing: voxel size in mm along the three axes.
+    slice_voi: for a DICOM series, each acquired slice's own VOI module (windows often change from slice to slice);
+        planes along the other axes cut through all slices and take the middle slice's.
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     orientation: str  # "RAS" (NIfTI) or "DICOM" (series)
     modality: str | None = None
-    window: tuple[float, float] | None = None
     photometric_interpretation: str = "MONOCHROME2"
+    slice_voi: list[dict | None] | None = None
     source: str = "<volume>"
     phi: dict | None = field(default=None, repr=False)
 
@@ -123,11 +147,14 @@ class MedicalVolume:
         if self.orientation == "RAS":
             plane = np.rot90(plane)
         in_plane = [s for a, s in enumerate(self.spacing) if a != axis]
+        voi = None
+        if self.slice_voi:
+            voi = self.slice_voi[index % n] if axis == 2 else self.slice_voi[len(self.slice_voi) // 2]
         return MedicalImage(
             pixels=np.ascontiguousarray(plane),
             photometric_interpretation=self.photometric_interpretation,
             modality=self.modality,
-            window=self.window,
+            voi=voi,
             pixel_spacing=(in_plane[1], in_plane[0]) if self.orientation == "RAS" else tuple(in_plane),
             source=f"{self.source} [axis {axis}, slice {index % n}]",
             phi=self.phi,
@@ -141,13 +168,38 @@ def _replace(image: MedicalImage, **changes) -> MedicalImage:
     return new
 
 
+def storable(pixels: np.ndarray) -> np.ndarray:
+    """The smallest dtype that holds the values exactly (uint8/uint16/int16, else float32). Readers return it, and
+    `datasets` encodes it losslessly, so a file and a dataset row give the same array."""
+    if pixels.dtype in (np.uint8, np.uint16, np.int16, np.float32):
+        return pixels
+    if pixels.dtype.kind in "iuf" and pixels.size and (pixels.dtype.kind in "iu" or np.all(np.mod(pixels, 1) == 0)):
+        low, high = pixels.min(), pixels.max()
+        for dtype in (np.uint8, np.uint16, np.int16):
+            info = np.iinfo(dtype)
+            if info.min <= low and high <= info.max:
+                return pixels.astype(dtype)
+    return pixels.astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------- DICOM
 
 
 def _pydicom():
-    import pydicom  # imported here: the PIL plugin and NIfTI-only users should not pay for it
+    import pydicom  # imported here: PNG/NIfTI-only users should not pay for it
 
     return pydicom
+
+
+def is_dicom_file(path: Path) -> bool:
+    """The DICM magic at byte 128 (whatever the name), or a `.dcm`/`.dicom` name (headless DICOM has no magic)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(132)[128:132] == b"DICM":
+                return True
+    except OSError:
+        return False
+    return Path(path).suffix.lower() in (".dcm", ".dicom")
 
 
 def _dcmread(source, stop_before_pixels: bool = False):
@@ -158,16 +210,16 @@ def _dcmread(source, stop_before_pixels: bool = False):
     except FileNotFoundError:
         raise MedicalImageError(f"{name}: no such file") from None
     except Exception as e:  # pydicom raises many types on truncated or foreign files
-        raise MedicalImageError(f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+        raise MedicalImageError(f"{name}: not a readable DICOM file ({type(e).__name__}: {str(e)[:300]})") from e
     # `force=True` parses anything; a real DICOM object has at least a SOP class or a modality.
     if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData", "Rows")):
         raise MedicalImageError(f"{name}: not a DICOM file (no DICOM header found)")
     return ds, name
 
 
-def _first(value) -> float:
-    # WindowCenter/WindowWidth may list several windows; the first is the default one.
-    return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
+def read_dicom_header(path):
+    """The header of a DICOM file, without its pixels (for grouping files into series)."""
+    return _dcmread(path, stop_before_pixels=True)[0]
 
 
 def _phi(ds) -> dict:
@@ -205,7 +257,7 @@ def _decode(ds, name: str) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as e:
-        message = str(e)
+        message = str(e)[:500]
         if ts.is_compressed and ("plugin" in message or "missing" in message or "dependenc" in message):
             raise MedicalImageError(
                 f"{name}: pixel data is compressed with '{ts.name}' ({ts}) and no installed decoder handles it; "
@@ -214,21 +266,75 @@ def _decode(ds, name: str) -> np.ndarray:
         raise MedicalImageError(f"{name}: pixel data cannot be decoded, the file may be truncated or corrupt ({message})") from e
 
 
-def _voi_lut(ds) -> tuple[int, np.ndarray] | None:
-    if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
+def _lut_values(item, little_endian: bool) -> list[int]:
+    """LUT Data as integers. Implicit-VR files leave its VR ambiguous (US or OW), and pydicom then keeps raw bytes."""
+    data = item.LUTData
+    if isinstance(data, bytes):
+        return np.frombuffer(data, dtype="<u2" if little_endian else ">u2").tolist()
+    return [int(v) for v in data] if hasattr(data, "__iter__") else [int(data)]
+
+
+def _voi_module(ds, name: str) -> dict | None:
+    """The VOI module (plus the fields that fix its output range) as DICOM JSON, or `None` when the header has no
+    window and no VOI LUT. Header values the DICOM standard forbids are refused here, naming the file."""
+    pydicom = _pydicom()
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+    if not (has_window or has_lut):
         return None
-    item = ds.VOILUTSequence[0]
-    entries, first_mapped, bits = (int(v) for v in item.LUTDescriptor)
-    table = np.asarray(item.LUTData, dtype=np.float32).reshape(-1)[: entries or 65536]
-    return first_mapped, table / float(2**bits - 1)
+    voi = pydicom.Dataset()
+    for keyword in VOI_KEYWORDS:
+        if keyword in ds and ds[keyword].value is not None:
+            setattr(voi, keyword, ds[keyword].value)
+    if has_window:
+        widths = ds.WindowWidth if ds["WindowWidth"].VM > 1 else [ds.WindowWidth]
+        width = float(widths[0])
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        if not np.isfinite(width) or width < (1 if function == "LINEAR" else 0) or width == 0:
+            raise MedicalImageError(
+                f"{name}: WindowWidth {widths[0]} is not a valid {function} window (DICOM requires a finite width "
+                f"{'≥ 1' if function == 'LINEAR' else '> 0'}); fix the header or pass an explicit window"
+            )
+        if not np.isfinite(float(ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter)):
+            raise MedicalImageError(f"{name}: WindowCenter {ds.WindowCenter} is not a number")
+    if has_lut:
+        little = ds.original_encoding[1] is not False
+        items = []
+        for item in ds.VOILUTSequence:
+            new = pydicom.Dataset()
+            new.LUTDescriptor = [int(v) for v in item.LUTDescriptor]
+            new.add_new("LUTData", "US", _lut_values(item, little))
+            items.append(new)
+        voi.VOILUTSequence = items
+    if ds.get("ModalityLUTSequence"):  # only its bit depth matters once the modality LUT is applied
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [int(v) for v in ds.ModalityLUTSequence[0].LUTDescriptor]
+        voi.ModalityLUTSequence = [item]
+    voi.setdefault("PhotometricInterpretation", "MONOCHROME2")
+    return voi.to_json_dict()
+
+
+def _modality_values(ds, pixels: np.ndarray, name: str) -> np.ndarray:
+    """pydicom's Modality LUT; an identity rescale keeps the stored dtype, so it cannot change the intensity rule."""
+    pydicom = _pydicom()
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and float(slope) == 0:
+        raise MedicalImageError(f"{name}: RescaleSlope is 0, which maps every pixel to the intercept; the header is wrong")
+    if slope is not None and not np.isfinite(float(slope)) or intercept is not None and not np.isfinite(float(intercept)):
+        raise MedicalImageError(f"{name}: RescaleSlope/RescaleIntercept ({slope}, {intercept}) are not numbers")
+    identity = (slope is None or float(slope) == 1) and (intercept is None or float(intercept) == 0)
+    if identity and not ds.get("ModalityLUTSequence"):
+        return pixels
+    return storable(pydicom.pixels.apply_modality_lut(pixels, ds))
 
 
 def read_dicom(source, include_phi: bool = False) -> MedicalImage:
     """Read a DICOM file (path, file object or `pydicom.Dataset`) into a `MedicalImage` in modality units.
 
-    Multi-frame images keep all frames (`MedicalImage.frame()` picks one). Raises `MedicalImageError` for
-    non-DICOM or truncated files, objects without an image (RTSTRUCT, SEG, ...) and compressed pixel data whose
-    decoder is not installed.
+    Multi-frame images keep all frames (`MedicalImage.frame()` picks one). Palette color images get their palette
+    (`pydicom.pixels.apply_color_lut`). Raises `MedicalImageError` for non-DICOM or truncated files, objects
+    without an image (RTSTRUCT, SEG, ...), header values DICOM forbids, and compressed pixel data whose decoder is
+    not installed.
     """
     pydicom = _pydicom()
     if isinstance(source, pydicom.Dataset):
@@ -243,33 +349,59 @@ def read_dicom(source, include_phi: bool = False) -> MedicalImage:
     ds = _fill_missing_encoding(ds)
     pixels = _decode(ds, name)
     photometric = str(ds.PhotometricInterpretation)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if samples == 1:
-        pixels = pydicom.pixels.apply_modality_lut(pixels, ds)
+    voi = None
+    if photometric == "PALETTE COLOR":
+        pixels, photometric = pydicom.pixels.apply_color_lut(pixels, ds), "RGB"
+    elif int(ds.get("SamplesPerPixel", 1)) == 1:
+        pixels = _modality_values(ds, pixels, name)
+        voi = _voi_module(ds, name)
     else:
         photometric = "RGB"  # pydicom converts YBR_* to RGB when decoding
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    window = None
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     return MedicalImage(
-        pixels=pixels,
+        pixels=storable(pixels),
         photometric_interpretation=photometric,
         modality=modality,
-        window=window,
-        voi_lut=_voi_lut(ds),
+        voi=voi,
         pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
-        num_frames=frames,
+        num_frames=int(ds.get("NumberOfFrames", 1) or 1),
         source=name,
         phi=_phi(ds) if include_phi else None,
     )
 
 
+def _slice_geometry(header):
+    """(normal, position along it) of one slice, or `None` without ImagePositionPatient/ImageOrientationPatient."""
+    if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+        return None
+    orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return orientation, float(np.dot(np.asarray(header.ImagePositionPatient, dtype=float), normal))
+
+
+def is_one_volume(headers) -> bool:
+    """Whether DICOM headers are slices of one volume: one series, single-frame, same size and orientation, and
+    distinct positions along the slice normal. Two radiographs that merely share a SeriesInstanceUID are not."""
+    if len(headers) < 2:
+        return False
+    if len({str(h.get("SeriesInstanceUID", "")) for h in headers}) > 1:
+        return False
+    if len({(int(h.get("Rows", 0)), int(h.get("Columns", 0))) for h in headers}) > 1:
+        return False
+    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):
+        return False
+    geometry = [_slice_geometry(h) for h in headers]
+    if any(g is None for g in geometry):
+        return False
+    if not all(np.allclose(g[0], geometry[0][0], atol=1e-4) for g in geometry):
+        return False
+    positions = sorted(g[1] for g in geometry)
+    return bool(np.all(np.diff(positions) > 1e-4))
+
+
 def read_dicom_series(source, include_phi: bool = False) -> MedicalVolume:
     """Read one DICOM series — a folder holding it, or a list of its files — into a `(rows, columns, slices)`
-    volume, slices sorted by their position along the slice normal (ImagePositionPatient · (row × column
-    direction)), else by InstanceNumber."""
+    volume, slices sorted by their position along the slice normal. Each slice keeps its own VOI module."""
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
         if not folder.is_dir():
@@ -284,33 +416,32 @@ def read_dicom_series(source, include_phi: bool = False) -> MedicalVolume:
         folder = Path(os.path.commonpath(files)) if files else Path(".")
     if not files:
         raise MedicalImageError(f"{folder}: no DICOM files (.dcm or a DICM header) in this series")
-    headers = [_dcmread(p, stop_before_pixels=True)[0] for p in files]
-    series = {str(h.get("SeriesInstanceUID", "")) for h in headers}
-    if len(series) > 1:
-        raise MedicalImageError(f"{folder}: holds {len(series)} DICOM series; put each series in its own folder")
-
-    def position(h) -> float:
-        if "ImagePositionPatient" in h and "ImageOrientationPatient" in h:
-            iop = np.asarray(h.ImageOrientationPatient, dtype=float)
-            return float(np.dot(np.asarray(h.ImagePositionPatient, dtype=float), np.cross(iop[:3], iop[3:])))
-        return float(h.get("InstanceNumber", 0))
-
-    order = sorted(range(len(files)), key=lambda i: position(headers[i]))
-    images = [read_dicom(files[i]) for i in order]
-    shapes = {im.pixels.shape for im in images}
-    if len(shapes) > 1 or images[0].num_frames > 1 or images[0].is_color:
-        raise MedicalImageError(f"{folder}: slices must be single-frame gray images of one shape, got {sorted(shapes)}")
-    positions = [position(headers[i]) for i in order]
-    step = float(np.median(np.diff(positions))) if len(positions) > 1 else 1.0
+    headers = [read_dicom_header(p) for p in files]
+    if len(files) > 1 and not is_one_volume(headers):
+        series = {str(h.get("SeriesInstanceUID", "")) for h in headers}
+        why = f"holds {len(series)} DICOM series; put each series in its own folder" if len(series) > 1 else (
+            "its files are not slices of one volume (they differ in size or orientation, share a position, "
+            "or lack ImagePositionPatient/ImageOrientationPatient)")
+        raise MedicalImageError(f"{folder}: {why}")
+    order = sorted(range(len(files)), key=lambda i: (_slice_geometry(headers[i]) or (None, 0.0))[1])
+    images = [read_dicom(files[i], include_phi=False) for i in order]
+    if images[0].num_frames > 1 or images[0].is_color:
+        raise MedicalImageError(f"{folder}: series slices must be single-frame gray images")
+    if len({im.photometric_interpretation for im in images}) > 1:
+        raise MedicalImageError(f"{folder}: the slices mix MONOCHROME1 and MONOCHROME2")
+    positions = [(_slice_geometry(headers[i]) or (None, 0.0))[1] for i in order]
+    step = float(np.median(np.diff(positions))) if len(positions) > 1 else 0.0
     first = images[0]
     row, col = first.pixel_spacing or (1.0, 1.0)
+    # One dtype for the volume: the slices' own may differ (e.g. one slice needs int16, another fits in uint8).
+    array = np.stack([im.pixels for im in images], axis=-1)
     return MedicalVolume(
-        array=np.stack([im.pixels for im in images], axis=-1),
+        array=storable(array),
         spacing=(row, col, abs(step) or float(headers[0].get("SliceThickness", 1.0))),
         orientation="DICOM",
         modality=first.modality,
-        window=first.window,
         photometric_interpretation=first.photometric_interpretation,
+        slice_voi=[im.voi for im in images] if any(im.voi for im in images) else None,
         source=str(folder),
         phi=_phi(headers[order[0]]) if include_phi else None,
     )
@@ -320,7 +451,8 @@ def read_dicom_series(source, include_phi: bool = False) -> MedicalVolume:
 
 
 def read_nifti(path, volume_index: int = 0) -> MedicalVolume:
-    """Read a NIfTI file into a RAS+ volume; 4-D files give volume `volume_index` (default the first)."""
+    """Read a NIfTI file into a RAS+ volume; 4-D files give volume `volume_index` (default the first).
+    NaN or infinite voxels are refused here, naming the file, not at training time."""
     import nibabel
 
     path = str(path)
@@ -337,24 +469,21 @@ def read_nifti(path, volume_index: int = 0) -> MedicalVolume:
         data = data[..., volume_index]
     if data.ndim != 3:
         raise MedicalImageError(f"{path}: expected a 3-D or 4-D NIfTI volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise MedicalImageError(f"{path}: {int((~np.isfinite(data)).sum())} voxel(s) are NaN or infinite")
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     return MedicalVolume(array=data, spacing=zooms, orientation="RAS", source=path)
 
 
-# ---------------------------------------------------------------------------------------------------- any input
+# ---------------------------------------------------------------------------------------------------- PIL
 
 
-def is_dicom_file(path: Path) -> bool:
-    """A `.dcm`/`.dicom` name or the DICM magic at byte 128."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    with open(path, "rb") as f:
-        return f.read(132)[128:132] == b"DICM"
-
-
-def _from_pil(image: PIL.Image.Image, source: str) -> MedicalImage:
-    if PIL_INFO_KEY in image.info:  # a DICOM opened through the PIL plugin: use the full-precision pixels
+def from_pil(image: PIL.Image.Image, source: str) -> "MedicalImage | MedicalVolume":
+    """A PIL image → `MedicalImage`: palette and other modes become RGB or L, alpha is dropped, and the EXIF
+    orientation is applied (as transformers' `load_image` does), so a path and its decoded image agree."""
+    if PIL_INFO_KEY in image.info:  # a DICOM/NIfTI opened through the PIL plugin: the full-precision content
         return image.info[PIL_INFO_KEY]
+    image = PIL.ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
         image = image.convert("RGBA" if "A" in mode or "a" in mode else "RGB" if mode != "1" else "L")
@@ -363,12 +492,73 @@ def _from_pil(image: PIL.Image.Image, source: str) -> MedicalImage:
         pixels = pixels[..., :-1]
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
-    return MedicalImage(pixels=pixels, photometric_interpretation="RGB" if pixels.ndim == 3 else "MONOCHROME2", source=source)
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise MedicalImageError(f"{source}: {int((~np.isfinite(pixels)).sum())} pixel(s) are NaN or infinite")
+    return MedicalImage(pixels=storable(pixels), photometric_interpretation="RGB" if pixels.ndim == 3 else "MONOCHROME2",
+                        source=source)
+
+
+def _read_pil(path: Path) -> MedicalImage:
+    try:
+        with PIL.Image.open(path) as pil:
+            pil.load()  # decode fully: a truncated file fails here, not in a training run
+            return from_pil(pil, str(path))
+    except PIL.Image.DecompressionBombError as e:
+        raise MedicalImageError(f"{path}: {e}") from e
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise MedicalImageError(f"{path}: not an image file that PIL, pydicom or nibabel can read ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class ImageReader:
+    """One kind of input: `accepts(path)` says whether this reader takes the path, `read(path, include_phi)` reads
+    it into a `MedicalImage` (2-D, possibly multi-frame) or a `MedicalVolume`."""
+
+    name: str
+    accepts: Callable[[Path], bool]
+    read: Callable[..., "MedicalImage | MedicalVolume"]
+    is_volume: bool = False
+
+
+READERS = (
+    ImageReader("dicom_series", lambda p: p.is_dir(), lambda p, include_phi=False: read_dicom_series(p, include_phi), True),
+    ImageReader("nifti", lambda p: p.name.lower().endswith(NIFTI_SUFFIXES), lambda p, include_phi=False: read_nifti(p), True),
+    # Before PIL: a DICOM is read as DICOM whatever it is called (an `export_0001.png` may hold a header).
+    ImageReader("dicom", lambda p: p.is_file() and is_dicom_file(p), lambda p, include_phi=False: read_dicom(p, include_phi)),
+    ImageReader("image", lambda p: p.name.lower().endswith(IMAGE_SUFFIXES), lambda p, include_phi=False: _read_pil(p)),
+)
+
+
+def reader_for(path) -> ImageReader | None:
+    """The first reader in `READERS` that accepts `path`, or `None` (not a medical image this package reads)."""
+    path = Path(path)
+    return next((reader for reader in READERS if reader.accepts(path)), None)
+
+
+def read_path(path, include_phi: bool = False) -> MedicalImage | MedicalVolume:
+    """Read any supported path through the reader table."""
+    text = str(path)
+    if "://" in text:
+        raise MedicalImageError(f"{text}: URLs are not fetched; download the file and pass its path")
+    path = Path(path)
+    if not path.exists():
+        raise MedicalImageError(f"{path}: no such file or folder")
+    reader = reader_for(path)
+    if reader is None:
+        # Unknown suffix: PIL may still know the format (e.g. .gif, .webp).
+        return _read_pil(path)
+    return reader.read(path, include_phi=include_phi)
+
+
+# ---------------------------------------------------------------------------------------------------- any input
 
 
 def _from_array(array: np.ndarray, source: str) -> MedicalImage:
     if array.dtype == bool:
-        array = array.astype(np.uint8)
+        array = array.astype(np.float32)  # a mask: False → 0, True → 1 (not 1/255)
     if array.dtype.kind not in "uif":
         raise MedicalImageError(f"{source}: unsupported dtype {array.dtype}; pass integer or floating-point pixels")
     if array.ndim == 3:
@@ -402,33 +592,18 @@ def to_medical_image(
 ) -> MedicalImage:
     """Turn any supported input into one 2-D `MedicalImage`.
 
-    Accepts a file path (PNG/JPEG/TIFF/DICOM/NIfTI), a DICOM series folder, a `pydicom.Dataset`, a PIL image,
-    a numpy array or torch tensor (`HxW`, `HxWxC`, `CxHxW`), or a `MedicalImage`/`MedicalVolume`. Multi-frame DICOMs
-    give frame `frame` and volumes slice `slice_index` along `slice_axis` (default for both: the middle one).
+    Accepts a path (anything `READERS` reads), a `pydicom.Dataset`, a PIL image, a numpy array or torch tensor
+    (`HxW`, `HxWxC`, `CxHxW`), or a `MedicalImage`/`MedicalVolume`. Multi-frame DICOMs give frame `frame` and
+    volumes slice `slice_index` along `slice_axis` (default for both: the middle one).
     """
+    if isinstance(image, (str, os.PathLike)):
+        image = read_path(image, include_phi=include_phi)
+    elif isinstance(image, PIL.Image.Image):
+        image = from_pil(image, getattr(image, "filename", "") or f"<PIL {image.mode} image>")
     if isinstance(image, MedicalVolume):
         return image.slice(slice_index, slice_axis)
     if isinstance(image, MedicalImage):
         return image.frame(frame)
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if path.is_dir():
-            return read_dicom_series(path, include_phi).slice(slice_index, slice_axis)
-        if not path.is_file():
-            raise MedicalImageError(f"{path}: no such file")
-        name = path.name.lower()
-        if name.endswith((".nii", ".nii.gz")):
-            return read_nifti(path).slice(slice_index, slice_axis)
-        if is_dicom_file(path):
-            return read_dicom(path, include_phi).frame(frame)
-        try:
-            with PIL.Image.open(path) as pil:
-                pil.load()
-                return _from_pil(pil, str(path)).frame(frame)
-        except (PIL.UnidentifiedImageError, OSError) as e:
-            raise MedicalImageError(f"{path}: not an image file that PIL, pydicom or nibabel can read ({e})") from e
-    if isinstance(image, PIL.Image.Image):
-        return _from_pil(image, getattr(image, "filename", "") or f"<PIL {image.mode} image>").frame(frame)
     if type(image).__module__.startswith("pydicom"):
         return read_dicom(image, include_phi).frame(frame)
     if type(image).__module__.startswith("torch"):
@@ -442,11 +617,19 @@ def to_medical_image(
 
 
 __all__ = [
+    "READERS",
+    "ImageReader",
     "MedicalImage",
     "MedicalImageError",
     "MedicalVolume",
+    "from_pil",
+    "is_one_volume",
     "read_dicom",
+    "read_dicom_header",
     "read_dicom_series",
     "read_nifti",
+    "read_path",
+    "reader_for",
+    "storable",
     "to_medical_image",
 ]

@@ -1,49 +1,54 @@
-"""MedNet models: a timm CNN behind transformers' `PreTrainedModel` API.
+"""MedNet models: a timm CNN behind transformers' `PreTrainedModel` API, built on transformers' own `TimmWrapper`.
 
-All four classes hold the same timm network under the same attribute name (`encoder`, or `mednet.encoder`
-inside the classifier), so one checkpoint loads into any of them.
+Every class holds the whole timm network as `timm_model`, its classifier included (timm's own head), and the
+weights are saved under timm's names: transformers adds the `timm_model.` prefix on load and removes it on save
+(the `PrefixChange` registered below, as for `TimmWrapper`). With the timm fields of `config.json` (see
+`configuration_mednet.py`) a saved MedNet folder is a timm checkpoint: `timm.create_model("local-dir:<folder>",
+pretrained=True)` or `"hf-hub:<repo>"` rebuilds the same network with the same weights.
 """
 
 import copy
-import os
+import importlib
+import re
 
 import timm
 import torch
 from timm.models import adapt_input_conv
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
+from transformers.conversion_mapping import get_model_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
+from transformers.models.timm_wrapper.modeling_timm_wrapper import TimmWrapperPreTrainedModel
 
 from .configuration_mednet import VARIANTS, MedNetConfig
 
+# Checkpoints hold timm's own names (`conv1.weight`); the modules live under `timm_model.`.
+register_checkpoint_conversion_mapping(MedNetConfig.model_type, [PrefixChange(prefix_to_add="timm_model")], overwrite=True)
 
-def _create_encoder(config: MedNetConfig) -> nn.Module:
-    """Build the timm network (no timm weights, no timm head) and record its stages in `config`."""
-    kwargs = dict(config.timm_kwargs)
-    if config.drop_path_rate:
-        kwargs["drop_path_rate"] = config.drop_path_rate
+
+def _create_timm_model(config: MedNetConfig, num_classes: int) -> nn.Module:
+    """Build the timm network (no timm weights) and record its stages in `config`."""
     try:
-        encoder = timm.create_model(
-            config.backbone, pretrained=False, num_classes=0, in_chans=config.num_channels, **kwargs
-        )
+        model = timm.create_model(config.architecture, pretrained=False, num_classes=num_classes, **config.model_args)
     except RuntimeError as e:  # timm says "Unknown model (...)"
-        raise ValueError(f"MedNetConfig.backbone={config.backbone!r} is not a timm architecture: {e}") from e
-    if not getattr(encoder, "feature_info", None) or not hasattr(encoder, "forward_intermediates"):
+        raise ValueError(f"MedNetConfig.architecture={config.architecture!r} is not a timm architecture: {e}") from e
+    if not getattr(model, "feature_info", None) or not hasattr(model, "forward_intermediates"):
         raise ValueError(
-            f"timm's {config.backbone!r} has no feature_info/forward_intermediates; MedNet needs a timm CNN that has"
+            f"timm's {config.architecture!r} has no feature_info/forward_intermediates; MedNet needs a timm CNN that has"
         )
     config.set_stages(
-        stage_names=[info["module"] for info in encoder.feature_info],
-        hidden_sizes=[info["num_chs"] for info in encoder.feature_info],
-        num_features=encoder.num_features,
+        stage_names=[info["module"] for info in model.feature_info],
+        hidden_sizes=[info["num_chs"] for info in model.feature_info],
+        num_features=model.num_features,
+        timm_cfg=model.pretrained_cfg,
     )
-    return encoder
+    return model
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, config: MedNetConfig) -> None:
@@ -54,20 +59,21 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: MedNetConfig) -> Non
         )
 
 
-class MedNetPreTrainedModel(PreTrainedModel):
+class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
+    """`TimmWrapperPreTrainedModel` gives the `timm_model.` prefix fix for `load_state_dict` (Trainer resumes) and
+    gradient checkpointing wherever the timm network supports it; this adds MedNet's config and variants."""
+
     config_class = MedNetConfig
     config: MedNetConfig
-    base_model_prefix = "mednet"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = False
+    model_tags = ["timm", "mednet"]
+    _no_split_modules = []
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # timm initialises its own layers at construction; only our classifier and the BatchNorm buffers
-        # (lost when transformers builds the model on the meta device) need it here.
+        # timm initialises its own layers at construction; only a new classifier and the BatchNorm buffers (lost
+        # when transformers builds the model on the meta device) need it here.
         if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=0.02)
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
@@ -84,27 +90,25 @@ class MedNetPreTrainedModel(PreTrainedModel):
         """
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-        encoder = self.get_encoder()
         config = copy.deepcopy(self.config)
         old_channels = config.num_channels
         config.variant = variant
-        config.num_channels = VARIANTS[variant]["num_channels"]
-        config.image_mean = list(VARIANTS[variant]["image_mean"])
-        config.image_std = list(VARIANTS[variant]["image_std"])
+        config.model_args["in_chans"] = VARIANTS[variant]["num_channels"]
+        config.pretrained_cfg.update(
+            input_size=[config.num_channels, config.image_size, config.image_size],
+            mean=list(VARIANTS[variant]["image_mean"]), std=list(VARIANTS[variant]["image_std"]),
+        )
         new = type(self)(config)
-        state = self.state_dict()
-        prefix = next(k for k, v in self.named_modules() if v is encoder)
-        key = f"{prefix}.{encoder.pretrained_cfg['first_conv']}.weight"
+        state = self.timm_model.state_dict()
+        key = f"{config.pretrained_cfg['first_conv']}.weight"
         state[key] = adapt_input_conv(config.num_channels, state[key], base_chans=old_channels)
-        new.load_state_dict(state)
+        new.timm_model.load_state_dict(state)
         return new
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus what makes a MedNet folder self-contained: an `auto_map` naming
-        every MedNet class (one checkpoint serves every head), the processing code, and a
-        `preprocessor_config.json` matching this config when the folder has none yet."""
-        from .image_processing_mednet import MedNetImageProcessor
-
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every MedNet class, so that one checkpoint
+        serves every head and its processor with `trust_remote_code=True` (the processor's own `save_pretrained`
+        writes its code beside it)."""
         if getattr(self, "_auto_class", None) is not None:  # registered (package import or remote code)
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
@@ -117,13 +121,22 @@ class MedNetPreTrainedModel(PreTrainedModel):
                     "torchvision": "image_processing_mednet.MedNetImageProcessor",
                 },
             }
+        if getattr(self, "_weight_conversions", None) is None:
+            # transformers reverts a PrefixChange on save only for models that `from_pretrained` built; a MedNet
+            # checkpoint always holds timm's names, however the model was made.
+            self._weight_conversions = get_model_conversion_mapping(self, add_legacy=False)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-            MedNetImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
 
     def get_encoder(self) -> nn.Module:
         """The timm network."""
-        return self.encoder if hasattr(self, "encoder") else self.mednet.encoder
+        return self.timm_model
+
+    def _ignore_classifier_weights(self) -> None:
+        """A headless model loads a classification checkpoint without calling its classifier weights unexpected.
+        (Before `post_init`, which collects the patterns.)"""
+        classifier = self.config.pretrained_cfg.get("classifier")
+        if classifier:
+            self._keys_to_ignore_on_load_unexpected = [rf"^timm_model\.{re.escape(classifier)}\."]
 
 
 class MedNetModel(MedNetPreTrainedModel):
@@ -138,7 +151,8 @@ class MedNetModel(MedNetPreTrainedModel):
 
     def __init__(self, config: MedNetConfig):
         super().__init__(config)
-        self.encoder = _create_encoder(config)
+        self.timm_model = _create_timm_model(config, num_classes=0)
+        self._ignore_classifier_weights()
         self.post_init()
 
     def forward(
@@ -152,11 +166,11 @@ class MedNetModel(MedNetPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_hidden_states:
-            last_hidden_state, hidden_states = self.encoder.forward_intermediates(pixel_values)
+            last_hidden_state, hidden_states = self.timm_model.forward_intermediates(pixel_values)
             hidden_states = tuple(hidden_states)
         else:
-            last_hidden_state, hidden_states = self.encoder.forward_features(pixel_values), None
-        pooled = self.encoder.forward_head(last_hidden_state, pre_logits=True)
+            last_hidden_state, hidden_states = self.timm_model.forward_features(pixel_values), None
+        pooled = self.timm_model.forward_head(last_hidden_state, pre_logits=True)
         output = BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states
         )
@@ -164,7 +178,7 @@ class MedNetModel(MedNetPreTrainedModel):
 
 
 class MedNetForImageClassification(MedNetPreTrainedModel):
-    """MedNet with a linear classifier on the pooled features.
+    """MedNet with timm's classifier head on the pooled features (so the head is a timm head too).
 
     The loss follows `config.problem_type` (inferred from the labels when unset, as in transformers):
     `"single_label_classification"` → cross-entropy on `(batch,)` class indices,
@@ -174,13 +188,8 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
 
     def __init__(self, config: MedNetConfig):
         super().__init__(config)
-        self.mednet = MedNetModel(config)
-        self.dropout = nn.Dropout(config.drop_rate)
-        self.classifier = self._new_classifier(config.num_labels)
+        self.timm_model = _create_timm_model(config, num_classes=config.num_labels)
         self.post_init()
-
-    def _new_classifier(self, num_labels: int) -> nn.Module:
-        return nn.Linear(self.config.num_features, num_labels) if num_labels > 0 else nn.Identity()
 
     def reset_classifier(self, num_labels: int, id2label: dict[int, str] | None = None) -> None:
         """Replace the classifier with a freshly initialised one for `num_labels` classes (timm's API)."""
@@ -188,31 +197,32 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
         if id2label is not None:
             self.config.id2label = dict(id2label)
             self.config.label2id = {v: k for k, v in self.config.id2label.items()}
-        self.classifier = self._new_classifier(num_labels)
-        self._init_weights(self.classifier)
+        self.timm_model.reset_classifier(num_labels)
+        self.timm_model.get_classifier().apply(self._init_weights)
 
     def freeze_backbone(self) -> None:
         """Linear probing: only the classifier trains; the backbone's weights and its BatchNorm statistics stay
         as loaded (it stays in eval mode even when the model is put in training mode)."""
-        self.mednet.requires_grad_(False)
+        self.timm_model.requires_grad_(False)
+        self.timm_model.get_classifier().requires_grad_(True)
         self._backbone_frozen = True
-        self.mednet.eval()
+        self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if getattr(self, "_backbone_frozen", False):
-            self.mednet.eval()
+            self.timm_model.eval()
+            self.timm_model.get_classifier().train(mode)
         return self
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch, C, H, W)` → last feature map `(batch, num_features, h, w)`."""
         _check_pixel_values(pixel_values, self.config)
-        return self.mednet.encoder.forward_features(pixel_values)
+        return self.timm_model.forward_features(pixel_values)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Last feature map → pooled features (`pre_logits=True`) or logits."""
-        pooled = self.mednet.encoder.forward_head(features, pre_logits=True)
-        return pooled if pre_logits else self.classifier(self.dropout(pooled))
+        return self.timm_model.forward_head(features, pre_logits=pre_logits)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         num_labels, problem = self.config.num_labels, self.config.problem_type
@@ -237,13 +247,20 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        outputs = self.mednet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
+        _check_pixel_values(pixel_values, self.config)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_hidden_states:
+            features, hidden_states = self.timm_model.forward_intermediates(pixel_values)
+            hidden_states = tuple(hidden_states)
+        else:
+            features, hidden_states = self.timm_model.forward_features(pixel_values), None
+        logits = self.timm_model.forward_head(features)
         loss = None
         if labels is not None:
             self._check_labels(labels)
             loss = self.loss_function(labels.to(logits.device), logits, self.config)
-        output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
 
@@ -257,10 +274,11 @@ class MedNetBackbone(BackboneMixin, MedNetPreTrainedModel):
     has_attentions = False
 
     def __init__(self, config: MedNetConfig):
-        encoder = _create_encoder(config)  # first: it fills config.stage_names, which BackboneMixin reads
+        timm_model = _create_timm_model(config, num_classes=0)  # first: it fills config.stage_names for BackboneMixin
         super().__init__(config)
-        self.encoder = encoder
+        self.timm_model = timm_model
         self.num_features = list(config.hidden_sizes)
+        self._ignore_classifier_weights()
         self.post_init()
 
     def forward(
@@ -275,7 +293,7 @@ class MedNetBackbone(BackboneMixin, MedNetPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         wanted = None if output_hidden_states else list(self.out_indices)
-        stages = self.encoder.forward_intermediates(
+        stages = self.timm_model.forward_intermediates(
             pixel_values, indices=wanted, intermediates_only=True, stop_early=True
         )
         if output_hidden_states:
@@ -288,3 +306,13 @@ class MedNetBackbone(BackboneMixin, MedNetPreTrainedModel):
 
 
 __all__ = ["MedNetPreTrainedModel", "MedNetModel", "MedNetForImageClassification", "MedNetBackbone"]
+
+if __package__ == "mednet_hf":  # the installed package registers itself; a copy loaded as remote code does not
+    from transformers import AutoBackbone, AutoModel, AutoModelForImageClassification
+
+    for auto, model_class in ((AutoModel, MedNetModel), (AutoModelForImageClassification, MedNetForImageClassification),
+                              (AutoBackbone, MedNetBackbone)):
+        auto.register(MedNetConfig, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto.__name__)
+    # importlib, not an import statement: remote-code loading copies the files a checkpoint's code imports.
+    importlib.import_module("mednet_hf.registration").register_with_transformers(completed=__name__)

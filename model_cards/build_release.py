@@ -14,18 +14,18 @@ from pathlib import Path
 
 import torch
 
-from mednet_hf import MedNetModel
+from mednet_hf import MedNetImageProcessor, MedNetModel
 from mednet_hf.bundled import BUNDLED_DIR
 from mednet_hf.model_card import check_card, render_model_card
-from training.finetune import finetune
+from mednet_hf.training.finetune import finetune
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("MEDNET_DATA_DIR", HERE.parents[1] / "shared" / "data"))
 # The held-out task each variant is evaluated on. PneumoniaMNIST is not in the gray recipe; BloodMNIST is the only
 # labelled color set here, so the color numbers are in-domain (its train labels were a pretraining source).
 TASKS = {
-    "gray": {"dataset": "medmnist:pneumoniamnist", "options": {"filename": "pneumoniamnist_subset.npz"}, "verification_mode": "no_checks"},
-    "color": {"dataset": "medmnist:bloodmnist", "options": {}, "verification_mode": None},
+    "gray": {"dataset": "medmnist:pneumoniamnist", "options": {"filename": "pneumoniamnist_subset.npz"}, "no_checks": True},
+    "color": {"dataset": "medmnist:bloodmnist", "options": {}, "no_checks": False},
 }
 SETTINGS = [(0.1, False), (1.0, False), (1.0, True)]  # (label fraction, linear probe)
 MAX_BYTES = 25 * 1024 * 1024
@@ -37,6 +37,7 @@ def export_bundle(run: Path, variant: str) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     model = MedNetModel.from_pretrained(run / "final").half()
     model.save_pretrained(target)
+    MedNetImageProcessor.from_pretrained(run / "final").save_pretrained(target)  # medical options; geometry is in config.json
     for code in target.glob("*.py"):  # the installer links the package's own modules instead (no stale copies)
         code.unlink()
     config = json.loads((target / "config.json").read_text())
@@ -58,8 +59,8 @@ def transfer_benchmark(bundle: Path, variant: str, records: Path, max_steps: int
             with tempfile.TemporaryDirectory() as out:
                 record = finetune(
                     str(model), task["dataset"], DATA_DIR / "medmnist", out, label_fraction=fraction, linear_probe=probe,
-                    max_steps=max_steps, batch_size=64, learning_rate=1e-3, seed=0, report_to="none",
-                    verification_mode=task["verification_mode"], options=task["options"],
+                    max_steps=max_steps, batch_size=64, lr=1e-3, seed=0, report_to="none",
+                    no_checks=task["no_checks"], options=task["options"],
                 )
             record.update(init=init, model=f"mednet/{variant}" if init == "mednet" else f"{variant} {model.name} (random init)")
             record.pop("export", None)

@@ -42,7 +42,7 @@ def tiny_config():
     from mednet_hf import MedNetConfig
 
     def make(**overrides):
-        kwargs = {"backbone": "resnet18", "image_size": 32, **overrides}
+        kwargs = {"architecture": "resnet18", "image_size": 32, **overrides}
         return MedNetConfig(**kwargs)
 
     return make

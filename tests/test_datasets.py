@@ -1,5 +1,6 @@
 """The dataset builders, the entry point and the transform hook, on the real files in ../shared/data."""
 
+import json
 import logging
 import shutil
 
@@ -8,10 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import data_path
+from oracles import pydicom_unit
 from datasets.distributed import split_dataset_by_node
 
-from dataset_scripts import DataFileError, MedMNIST
-from dataset_scripts.medmnist_files import SUBSETS
+from mednet_hf.builders import DataFileError, MedMNIST
+from mednet_hf.builders.medmnist_files import SUBSETS
 from mednet_hf import MedNetImageProcessor, read_dicom_series
 from mednet_hf.cli import main as cli_main
 from mednet_hf.data import load_medical_dataset, medical_transform
@@ -67,7 +69,7 @@ def test_every_subset_and_size_is_a_config_with_official_urls():
     assert len(names) == 48 and {"chestmnist_224", "organsmnist_64", "tissuemnist_128"} <= names
     chest = MedMNIST(config_name="chestmnist_64").info.features
     assert chest["labels"].feature.num_classes == 14  # multi-label
-    from dataset_scripts.medmnist_files import url
+    from mednet_hf.builders.medmnist_files import url
 
     assert url("organamnist", 224) == "https://zenodo.org/records/10519652/files/organamnist_224.npz?download=1"
 
@@ -92,7 +94,9 @@ def test_dicom_series_folder_gives_120_slices_in_position_order(cache_dir):
     volume = read_dicom_series(folder / "mr_t1_vestibular_schwannoma")
     for k in (0, 64, 119):
         np.testing.assert_array_equal(np.asarray(ds[k]["image"]), volume.array[..., k])
-    assert ds[0]["modality"] == "MR" and ds[0]["window"] == [210.0, 502.0]
+    assert ds[0]["modality"] == "MR"
+    voi = pydicom.Dataset.from_json(json.loads(ds[0]["voi"]))  # the first slice's own VOI module, as DICOM JSON
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (210.0, 502.0)
 
 
 def test_nifti_folder_gives_slices_of_every_volume(cache_dir):
@@ -160,12 +164,15 @@ def test_patient_identifiers_are_dropped_unless_asked(tmp_path, cache_dir):
         push_dataset({"train": with_phi}, "someone/ct", builder="imagefolder")
 
 
-def test_folder_transform_applies_the_stored_window(cache_dir):
+def test_folder_transform_applies_each_slice_window(cache_dir):
+    """Row k is windowed with slice k's own header, as pydicom would window that file."""
+    folder = data_path("dicom_series/mr_t1_vestibular_schwannoma")
     ds = load_medical_dataset("imagefolder", data_dir=data_path("dicom_series"), cache_dir=cache_dir)["train"]
     plain = MedNetImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
-    out = ds.with_transform(medical_transform(plain, ds.features))[60]
-    raw = np.asarray(ds[60]["image"]).astype(np.float32)
-    np.testing.assert_allclose(out["pixel_values"][0].numpy(), np.clip((raw - (210 - 251)) / 502, 0, 1), atol=1e-6)
+    files = sorted(folder.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    for k in (20, 60):
+        out = ds.with_transform(medical_transform(plain, ds.features))[k]
+        np.testing.assert_allclose(out["pixel_values"][0].numpy(), pydicom_unit(files[k]), rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------- DRIVE, NIH

@@ -10,7 +10,7 @@ from conftest import data_path
 from mednet_hf import MedNetConfig, MedNetForImageClassification, MedNetModel
 from mednet_hf.cli import main as cli_main
 from mednet_hf.data import load_medical_dataset
-from training.finetune import _subsample, finetune
+from mednet_hf.training.finetune import _subsample, finetune
 
 PNEUMONIA = ["--dataset", "medmnist:pneumoniamnist", "--option", "filename=pneumoniamnist_subset.npz", "--no-checks"]
 
@@ -20,7 +20,7 @@ def backbone(tmp_path_factory):
     """A freshly initialised Gray-MedNet (ResNet-18 at 28 px): fine-tuning must learn from the data alone."""
     path = tmp_path_factory.mktemp("mednet-scratch")
     torch.manual_seed(0)
-    MedNetModel(MedNetConfig(backbone="resnet18", image_size=28)).save_pretrained(path)
+    MedNetModel(MedNetConfig(architecture="resnet18", image_size=28)).save_pretrained(path)
     return path
 
 
@@ -36,6 +36,9 @@ def test_short_finetune_beats_chance_and_reports_test_metrics(backbone, tmp_path
     assert 0 <= record["test"]["test_auroc"] <= 1 and "test_accuracy" in record["test"]
     assert record["steps"] == 40 and (out / "best" / "model.safetensors").is_file()
     assert (out / "best" / "preprocessor_config.json").is_file()
+    # The Trainer's own checkpoints carry the processor too (processing_class).
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints and all((c / "preprocessor_config.json").is_file() for c in checkpoints)
 
 
 def test_label_fraction_is_stratified_and_seeded():
@@ -49,21 +52,22 @@ def test_label_fraction_is_stratified_and_seeded():
 
 def test_linear_probe_keeps_the_backbone(backbone, tmp_path):
     record = finetune(str(backbone), "medmnist:pneumoniamnist", data_path("medmnist"), tmp_path / "probe",
-                      linear_probe=True, max_steps=6, batch_size=32, label_fraction=0.2, verification_mode="no_checks",
+                      linear_probe=True, max_steps=6, batch_size=32, label_fraction=0.2, no_checks=True,
                       options={"filename": "pneumoniamnist_subset.npz"}, report_to="none")
     tuned = MedNetForImageClassification.from_pretrained(record["export"])
     original = MedNetModel.from_pretrained(backbone)
-    for key, value in original.state_dict().items():  # weights and BatchNorm statistics alike
-        torch.testing.assert_close(tuned.mednet.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    tuned_state = tuned.timm_model.state_dict()
+    for key, value in original.timm_model.state_dict().items():  # weights and BatchNorm statistics alike
+        torch.testing.assert_close(tuned_state[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_head_for_other_labels_stops_before_training(tmp_path):
-    config = MedNetConfig(backbone="resnet18", image_size=28, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    config = MedNetConfig(architecture="resnet18", image_size=28, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
     trained = tmp_path / "three-classes"
     MedNetForImageClassification(config).save_pretrained(trained)
     with pytest.raises(ValueError, match=r"head for 3 labels \['a', 'b', 'c'\], the dataset has 2 .*--new-head"):
         finetune(str(trained), "medmnist:pneumoniamnist", data_path("medmnist"), tmp_path / "run",
-                 verification_mode="no_checks", options={"filename": "pneumoniamnist_subset.npz"})
+                 no_checks=True, options={"filename": "pneumoniamnist_subset.npz"})
     assert not (tmp_path / "run").exists()
 
 

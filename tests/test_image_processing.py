@@ -1,5 +1,7 @@
 """MedNetImageProcessor: the input types medical users have, the channel policy, and preprocessor_config.json."""
 
+import json
+
 import numpy as np
 import pydicom
 import pytest
@@ -107,10 +109,29 @@ def test_preprocessor_config_round_trip(cls, tmp_path, ct_hu):
 
 
 def test_processor_from_model_config():
-    config = MedNetConfig(backbone="resnet18", variant="color", image_size=96, crop_pct=0.9)
+    config = MedNetConfig(architecture="resnet18", variant="color", image_size=96, crop_pct=0.9)
     processor = MedNetImageProcessor.from_model_config(config)
     assert processor.num_channels == 3 and list(processor.image_mean) == config.image_mean
     assert processor.crop_size.height == 96 and processor.size.shortest_edge == round(96 / 0.9)
+
+
+def test_geometry_has_one_home_the_model_config(tmp_path):
+    from mednet_hf import MedNetModel
+    from mednet_hf.image_processing_mednet import GEOMETRY_KEYS
+
+    MedNetModel(MedNetConfig(architecture="resnet18", image_size=48, crop_pct=0.875, interpolation="bicubic")).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]["input_size"] == [1, 48, 48]
+    # A model folder without a processor file: the processor is built from config.json alone.
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert (loaded.crop_size.height, loaded.size.shortest_edge, loaded.resample) == (48, 55, 3)
+    # Saved beside the model, a processor keeps only its medical options; a conflicting size is not kept.
+    MedNetImageProcessor(intensity="percentile", image_size=999).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert not set(GEOMETRY_KEYS) & set(saved) and saved["intensity"] == "percentile"
+    again = AutoImageProcessor.from_pretrained(tmp_path)
+    assert (again.crop_size.height, again.intensity) == (48, "percentile")
+    # Explicit arguments still win.
+    assert AutoImageProcessor.from_pretrained(tmp_path, crop_size={"height": 40, "width": 40}).crop_size.height == 40
 
 
 def test_pydicom_dataset_tiff_and_nifti_inputs():

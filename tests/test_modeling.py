@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import timm
 import torch
+from safetensors import safe_open
 import torch.nn.functional as F
 from conftest import data_path
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
@@ -31,7 +33,7 @@ def test_config_validates_and_round_trips(tmp_path):
         MedNetConfig(variant="gray", num_channels=3)
     with pytest.raises(ValueError, match="image_mean has 3 value"):
         MedNetConfig(variant="gray", image_mean=[0.5, 0.5, 0.5])
-    config = MedNetConfig(backbone="resnet18", variant="color", image_size=64, num_labels=3, out_indices=[2, 4])
+    config = MedNetConfig(architecture="resnet18", variant="color", image_size=64, num_labels=3, out_indices=[2, 4])
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, MedNetConfig)
@@ -41,7 +43,7 @@ def test_config_validates_and_round_trips(tmp_path):
 
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="'resnet_nonexistent' is not a timm architecture"):
-        MedNetModel(MedNetConfig(backbone="resnet_nonexistent"))
+        MedNetModel(MedNetConfig(architecture="resnet_nonexistent"))
 
 
 def test_model_outputs_and_stages(tiny_config, pixel_values):
@@ -80,7 +82,7 @@ def test_loss_follows_problem_type(tiny_config, pixel_values, problem_type, num_
     assert out.logits.shape == (2, num_labels)
     torch.testing.assert_close(out.loss, reference(out.logits, labels))
     out.loss.backward()
-    assert model.classifier.weight.grad is not None
+    assert model.timm_model.get_classifier().weight.grad is not None
 
 
 def test_label_mismatch_is_a_clear_error(tiny_config, pixel_values):
@@ -97,7 +99,8 @@ def test_save_load_safetensors_only_and_identical_logits(tiny_config, pixel_valu
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
-    assert {"modeling_mednet.py", "configuration_mednet.py", "image_processing_mednet.py", "preprocessor_config.json"} <= files
+    assert {"modeling_mednet.py", "configuration_mednet.py"} <= files
+    assert "preprocessor_config.json" not in files  # the model never writes (or imports) the processor
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert {"AutoModel", "AutoModelForImageClassification", "AutoBackbone", "AutoImageProcessor"} <= set(auto_map)
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
@@ -106,15 +109,17 @@ def test_save_load_safetensors_only_and_identical_logits(tiny_config, pixel_valu
     # The same checkpoint serves the headless model, with the same features.
     base = AutoModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        torch.testing.assert_close(base(pixel_values).pooler_output, model.mednet(pixel_values).pooler_output)
+        pooled = model.forward_head(model.forward_features(pixel_values), pre_logits=True)
+        torch.testing.assert_close(base(pixel_values).pooler_output, pooled)
 
 
 def test_new_head_from_a_checkpoint(tiny_config, tmp_path):
     MedNetModel(tiny_config()).save_pretrained(tmp_path)
     clf = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=5)
-    assert clf.classifier.out_features == 5 and clf.classifier.weight.abs().sum() > 0
+    head = clf.timm_model.get_classifier()
+    assert head.out_features == 5 and head.weight.abs().sum() > 0
     clf.reset_classifier(2, id2label={0: "a", 1: "b"})
-    assert clf.classifier.out_features == 2 and clf.config.label2id == {"a": 0, "b": 1}
+    assert clf.timm_model.get_classifier().out_features == 2 and clf.config.label2id == {"a": 0, "b": 1}
 
 
 def test_backbone_feature_maps_match_config_channels(tiny_config, pixel_values, tmp_path):
@@ -147,3 +152,43 @@ def test_variant_conversion_uses_timm_first_conv_rule(tiny_config, pixel_values)
         torch.testing.assert_close(color(pixel_values.repeat(1, 3, 1, 1)).logits, gray(pixel_values).logits)
         back = color.convert_variant("gray").eval()
         torch.testing.assert_close(back(pixel_values).logits, gray(pixel_values).logits)
+
+
+@pytest.mark.parametrize("head", [0, 3], ids=["MedNetModel", "MedNetForImageClassification"])
+def test_a_saved_folder_is_a_timm_checkpoint(tiny_config, pixel_values, tmp_path, head):
+    """timm's own names in model.safetensors and a config.json timm reads: plain timm rebuilds the same network."""
+    model = (MedNetForImageClassification(tiny_config(num_labels=head)) if head else MedNetModel(tiny_config())).eval()
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
+        keys = set(f.keys())
+    assert keys == set(model.timm_model.state_dict())  # `conv1.weight`, not `timm_model.conv1.weight`
+    plain = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    assert plain.num_classes == head
+    with torch.no_grad():
+        expected = model(pixel_values).logits if head else model(pixel_values).pooler_output
+        torch.testing.assert_close(plain(pixel_values), expected, rtol=0, atol=1e-5)
+    # And transformers still loads it, from the package's classes.
+    again = (AutoModelForImageClassification if head else AutoModel).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        out = again(pixel_values)
+        torch.testing.assert_close(out.logits if head else out.pooler_output, expected, rtol=0, atol=1e-6)
+
+
+def test_bundled_release_loads_in_plain_timm(pixel_values):
+    model = AutoModel.from_pretrained("mednet/gray").eval()
+    processor = MedNetImageProcessor.from_pretrained("mednet/gray")
+    x = processor([str(data_path("cxr/00000001_000.png"))], return_tensors="pt").pixel_values
+    plain = timm.create_model("hf-hub:mednet/gray", pretrained=True).eval()  # offline: the cache holds the bundle
+    with torch.no_grad():
+        torch.testing.assert_close(plain.forward_head(plain.forward_features(x), pre_logits=True), model(x).pooler_output,
+                                   rtol=0, atol=1e-5)
+
+
+def test_gradient_checkpointing_where_timm_supports_it(tiny_config, pixel_values):
+    model = MedNetForImageClassification(tiny_config(num_labels=2))
+    assert model.supports_gradient_checkpointing
+    model.activation_checkpointing_enable()
+    assert model.timm_model.grad_checkpointing
+    model.train()
+    model(pixel_values, labels=torch.tensor([0, 1])).loss.backward()
+    assert model.timm_model.conv1.weight.grad is not None

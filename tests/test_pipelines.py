@@ -12,7 +12,7 @@ from mednet_hf import MedNetForImageClassification, MedNetImageProcessor
 def checkpoint(tmp_path_factory):
     from mednet_hf import MedNetConfig
 
-    config = MedNetConfig(backbone="resnet18", image_size=32, num_labels=2, id2label={0: "normal", 1: "abnormal"})
+    config = MedNetConfig(architecture="resnet18", image_size=32, num_labels=2, id2label={0: "normal", 1: "abnormal"})
     model = MedNetForImageClassification(config).eval()
     path = tmp_path_factory.mktemp("pipeline-checkpoint")
     model.save_pretrained(path)
@@ -40,5 +40,6 @@ def test_image_feature_extraction_pipeline(checkpoint, relative):
     image = str(data_path(relative))
     pooled = pipeline("image-feature-extraction", model=str(path), pool=True)(image)
     with torch.no_grad():
-        expected = model.mednet(**MedNetImageProcessor.from_pretrained(path)(image, return_tensors="pt")).pooler_output
+        pixels = MedNetImageProcessor.from_pretrained(path)(image, return_tensors="pt").pixel_values
+        expected = model.forward_head(model.forward_features(pixels), pre_logits=True)
     torch.testing.assert_close(torch.tensor(pooled), expected, atol=1e-5, rtol=1e-5)

@@ -64,7 +64,7 @@ start = time.perf_counter(); processor = AutoImageProcessor.from_pretrained("med
 import torch
 with torch.no_grad():
     features = gray(**processor({image!r}, return_tensors="pt")).pooler_output[0].tolist()
-print(json.dumps({{"times": times, "features": features, "dtype": str(gray.dtype), "color_logits": color.classifier.out_features,
+print(json.dumps({{"times": times, "features": features, "dtype": str(gray.dtype), "color_logits": color.timm_model.get_classifier().out_features,
                    "gray_class": type(gray).__name__}}))
 """
     # A fresh HF_HOME, offline, and an endpoint nobody listens on: any network attempt would fail, not wait.

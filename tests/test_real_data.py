@@ -6,6 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import DATA_DIR, data_path
+from oracles import pydicom_unit
 
 from mednet_hf import (
     MedicalImageError,
@@ -130,14 +131,16 @@ def test_ct_rescale_and_window_presets_use_hounsfield_units():
 
 
 def test_header_window_is_the_default():
+    """DICOM's LINEAR window (c - 0.5, w - 1), as pydicom applies it: not the HU presets' (c - w/2) / w."""
     path = data_path("dicom/CT_Explicit_Little.dcm")
-    ds = pydicom.dcmread(path)
-    center, width = float(ds.WindowCenter), float(ds.WindowWidth)
-    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     unit = MedNetImageProcessorPil(do_resize=False, do_center_crop=False, do_normalize=False)(
         str(path), return_tensors="np"
     ).pixel_values[0, 0]
-    np.testing.assert_allclose(unit, np.clip((hu - (center - width / 2)) / width, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(unit, pydicom_unit(path), rtol=0, atol=1e-6)
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    old = np.clip((hu - (float(ds.WindowCenter) - float(ds.WindowWidth) / 2)) / float(ds.WindowWidth), 0, 1)
+    assert np.abs(unit - old).max() > 0.005  # the two formulas differ by grey levels on this file
 
 
 def test_multiframe_frame_selection():

@@ -6,6 +6,7 @@ best-model selection on validation macro AUROC, the project's own `evaluate` met
 
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,39 +65,48 @@ def _flat(metrics: dict, names: list[str]) -> dict:
     return out
 
 
-def finetune(
-    model: str,
-    dataset: str,
-    data_dir=None,
-    output_dir="runs/finetune",
-    *,
-    size: int | None = None,
-    label_fraction: float = 1.0,
-    linear_probe: bool = False,
-    new_head: bool = False,
-    epochs: float = 3.0,
-    max_steps: int = -1,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.01,
-    patience: int = 3,
-    seed: int = 0,
-    verification_mode: str | None = None,
-    options: dict | None = None,
-    report_to: str = "tensorboard",
-) -> dict:
+@dataclass
+class FinetuneArguments:
+    """Every option of a fine-tuning run, defined once: `finetune()` takes them and `mednet finetune` is built from
+    them (the `help` texts are the command's)."""
+
+    model: str = field(metadata={"help": "a saved MedNet folder (e.g. a pretrain run's final/) or a Hub id such as mednet/gray"})
+    dataset: str = field(metadata={"help": "medmnist:<subset>, imagefolder, chestxray14"})
+    data_dir: str | None = field(default=None, metadata={"help": "local files (image folder, MedMNIST .npz, ...)"})
+    output_dir: str = field(default="runs/finetune", metadata={"help": "where checkpoints, results.json and best/ go"})
+    size: int | None = field(default=None, metadata={"help": "MedMNIST image size"})
+    label_fraction: float = field(default=1.0, metadata={"help": "stratified, seeded fraction of the training labels"})
+    linear_probe: bool = field(default=False, metadata={"help": "freeze the backbone, train the classifier only"})
+    new_head: bool = field(default=False, metadata={"help": "replace a checkpoint's classifier trained for other labels"})
+    epochs: float = field(default=3.0, metadata={"help": "training epochs"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many steps (overrides --epochs)"})
+    batch_size: int = field(default=64, metadata={"help": "images per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    patience: int = field(default=3, metadata={"help": "early stopping: evaluations without improvement"})
+    seed: int = field(default=0, metadata={"help": "seed of the label subset, the order and the initialisation"})
+    no_checks: bool = field(default=False, metadata={"help": "accept data files whose md5 differs from the official one"})
+    options: dict = field(default_factory=dict, metadata={"help": "dataset builder option, e.g. filename=x.npz", "flag": "--option"})
+    report_to: str = field(default="tensorboard", metadata={"help": "Trainer loggers: tensorboard, none, ..."})
+
+
+def finetune(*args, **kwargs) -> dict:
     """Fine-tune `model` (a saved MedNet folder or Hub id) on `dataset` (`"medmnist:pneumoniamnist"`,
-    `"imagefolder"`, `"chestxray14"`); returns and writes `output_dir/results.json`."""
+    `"imagefolder"`, `"chestxray14"`); returns and writes `output_dir/results.json`. Takes a `FinetuneArguments`
+    or its fields (`finetune("mednet/gray", "medmnist:pneumoniamnist", data_dir, epochs=3)`)."""
+    run = args[0] if len(args) == 1 and isinstance(args[0], FinetuneArguments) and not kwargs else FinetuneArguments(*args, **kwargs)
+    model, dataset, output_dir = run.model, run.dataset, run.output_dir
     started = time.perf_counter()
     name, _, config = dataset.partition(":")
-    splits = load_medical_dataset(name, config or None, data_dir, size=size, verification_mode=verification_mode, **(options or {}))
+    splits = load_medical_dataset(name, config or None, run.data_dir, size=run.size,
+                                  verification_mode="no_checks" if run.no_checks else None, **run.options)
     names, multi_label = _label_info(splits["train"].features, dataset)
-    _check_head(model, names, new_head)  # before any training
+    _check_head(model, names, run.new_head)  # before any training
     train = splits["train"]
     if "validation" not in splits:  # hold out 10% of train (stratified) to choose the best model
-        held = train.train_test_split(test_size=0.1, seed=seed, stratify_by_column=None if multi_label else "label")
+        held = train.train_test_split(test_size=0.1, seed=run.seed, stratify_by_column=None if multi_label else "label")
         train, splits["validation"] = held["train"], held["test"]
-    train = _subsample(train, label_fraction, multi_label, seed)
+    train = _subsample(train, run.label_fraction, multi_label, run.seed)
 
     processor = AutoImageProcessor.from_pretrained(model)
     classifier = AutoModelForImageClassification.from_pretrained(
@@ -104,17 +114,17 @@ def finetune(
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
         ignore_mismatched_sizes=True,
     )
-    if linear_probe:
+    if run.linear_probe:
         classifier.freeze_backbone()
     transform = medical_transform(processor, train.features)
-    strategy = "steps" if max_steps > 0 else "epoch"
-    eval_every = max(1, max_steps // 4) if max_steps > 0 else None
+    strategy = "steps" if run.max_steps > 0 else "epoch"
+    eval_every = max(1, run.max_steps // 4) if run.max_steps > 0 else None
     args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
-        learning_rate=learning_rate, weight_decay=weight_decay, num_train_epochs=epochs, max_steps=max_steps,
+        output_dir=str(output_dir), per_device_train_batch_size=run.batch_size, per_device_eval_batch_size=2 * run.batch_size,
+        learning_rate=run.lr, weight_decay=run.weight_decay, num_train_epochs=run.epochs, max_steps=run.max_steps,
         eval_strategy=strategy, save_strategy=strategy, eval_steps=eval_every, save_steps=eval_every,
         load_best_model_at_end=True, metric_for_best_model="auroc", greater_is_better=True, save_total_limit=2,
-        logging_steps=10, seed=seed, data_seed=seed, remove_unused_columns=False, report_to=report_to,
+        logging_steps=10, seed=run.seed, data_seed=run.seed, remove_unused_columns=False, report_to=run.report_to,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
     )
 
@@ -124,22 +134,24 @@ def finetune(
     trainer = Trainer(
         model=classifier, args=args, train_dataset=train.with_transform(transform),
         eval_dataset=splits["validation"].with_transform(transform), compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+        processing_class=processor,  # every checkpoint the Trainer writes carries the processor
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=run.patience)],
     )
     trainer.train()
     validation = trainer.evaluate()
     test = trainer.evaluate(splits["test"].with_transform(transform), metric_key_prefix="test") if "test" in splits else {}
     best = Path(output_dir) / "best"
-    trainer.save_model(str(best))
-    processor.save_pretrained(best)
+    trainer.save_model(str(best))  # the processor too (processing_class)
     record = {
-        "model": str(model), "dataset": dataset, "label_fraction": label_fraction, "linear_probe": linear_probe,
+        "model": str(model), "dataset": dataset, "label_fraction": run.label_fraction, "linear_probe": run.linear_probe,
+        "arguments": asdict(run),
         "train_rows": train.num_rows, "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
         "validation": validation, "test": test, "seconds": time.perf_counter() - started, "export": str(best),
     }
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "results.json").write_text(json.dumps(record, indent=1, default=float))
+    # numpy scalars become numbers, paths text
+    (Path(output_dir) / "results.json").write_text(json.dumps(record, indent=1, default=lambda v: str(v) if isinstance(v, Path) else float(v)))
     return record
 
 
-__all__ = ["finetune"]
+__all__ = ["FinetuneArguments", "finetune"]

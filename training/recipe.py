@@ -29,24 +29,28 @@ class Source:
 
 @dataclass
 class Recipe:
-    variant: str = "gray"
-    backbone: str = "resnet50"
-    image_size: int = 224
-    init: str = "scratch"  # or "imagenet": timm's ImageNet weights (needs the network once)
-    seed: int = 0
-    steps: int = 1000
-    batch_size: int = 64  # per process
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    mixed_precision: str = "no"  # "bf16" / "fp16" on GPUs
-    channels_last: bool = True
-    compile: bool = False
-    num_workers: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    variant: str = field(default="gray", metadata={"help": "gray (1 channel) or color (3 channels)"})
+    backbone: str = field(default="resnet50", metadata={"help": "timm architecture, e.g. resnet18"})
+    image_size: int = field(default=224, metadata={"help": "training resolution in pixels"})
+    init: str = field(default="scratch", metadata={"help": "scratch, or imagenet: timm's ImageNet weights (needs the network once)"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order, the views and the initialisation"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=64, metadata={"help": "images per step and process"})
+    grad_accum: int = field(default=1, metadata={"help": "batches accumulated per optimizer step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW, cosine schedule)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (GPUs)"})
+    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model step"})
+    num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "where each source's decoded uint8 images are cached (default: <datasets cache>/mednet_pretrain)"},
+    )
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between atomic checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    log_every: int = field(default=10, metadata={"help": "steps between logged losses"})
     sources: list[Source] = field(default_factory=list)
     objectives: dict[str, dict] = field(default_factory=dict)  # name -> {"weight": w, ...options}
 
