@@ -6,6 +6,8 @@
   a file is DICOM by its content, whatever its name.
 - Labels come from the first sub-folder below `data_dir` (`scans/pneumonia/x.dcm` → "pneumonia"), or from a CSV
   (`labels_csv=`): `path,label` for one label per image, or `path` plus one 0/1 column per class for multi-label.
+- First-level folders named like splits (`train/`, `validation/` or `val/`, `test/`: datasets' `SPLIT_KEYWORDS`)
+  become the dataset's splits, with the class folders below them (`scans/train/pneumonia/x.dcm`).
 - DICOM files become one volume only when they are slices of one volume (`medical_io.is_one_volume`: one series,
   same size and orientation, distinct positions); volumes (series, NIfTI) and multi-frame DICOMs expand into 2-D
   slices along `slice_axis` every `slice_stride`.
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+from datasets.data_files import SPLIT_KEYWORDS
 
 from mednet_hf.medical_io import (
     MedicalImage,
@@ -99,12 +102,19 @@ class MedicalImageFolder(MedicalBuilder):
         if not files:
             raise DataFileError(f"{root}: no DICOM, NIfTI, PNG, JPEG or TIFF files")
 
+        # train/, validation/, test/ (and datasets' other split names) as the first level make splits, as in
+        # datasets' own imagefolder; the class folders are then one level below.
+        split_of = {word: split for split, words in SPLIT_KEYWORDS.items() for word in words}
+        tops = {rel.split("/", 1)[0].lower() for rel in files}
+        by_split = all("/" in rel for rel in files) and tops <= set(split_of)
+        inside = {rel: rel.split("/", 1)[1] if by_split else rel for rel in files}
+
         multi_label = False
         if self.config.labels_csv:
             labels, multi_label = self._labels_from_csv(root, files)
             files = {k: v for k, v in files.items() if k in labels}
-        elif all("/" in rel for rel in files):
-            labels = {rel: rel.split("/", 1)[0] for rel in files}
+        elif all("/" in rest for rest in inside.values()):
+            labels = {rel: inside[rel].split("/", 1)[0] for rel in files}
         else:
             labels = None
 
@@ -124,11 +134,13 @@ class MedicalImageFolder(MedicalBuilder):
         if self.config.include_phi:
             features["phi"] = datasets.Value("string")
         self.info.features = datasets.Features(features)
-        return [
-            datasets.SplitGenerator(
-                name=datasets.Split.TRAIN, gen_kwargs={"root": root, "files": files, "labels": labels}
-            )
-        ]
+        if not by_split:
+            return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"root": root, "files": files, "labels": labels})]
+        parts = defaultdict(dict)
+        for rel, path in files.items():
+            parts[split_of[rel.split("/", 1)[0].lower()]][rel] = path
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"root": root, "files": parts[split], "labels": labels})
+                for split in SPLIT_KEYWORDS if split in parts]
 
     def _items(self, root: Path, files: dict[str, Path], errors: list):
         """(reader name, relative path, paths) to read: files one by one, except DICOM files that are slices of one

@@ -111,6 +111,16 @@ def test_nifti_folder_gives_slices_of_every_volume(cache_dir):
     assert counts == expected and ds.num_rows == sum(expected.values())
 
 
+def test_split_folders_become_splits(cache_dir):
+    """brain_mri/ has train/ and test/, each with the 4 class folders: the official split, kept."""
+    ds = load_medical_dataset("imagefolder", data_dir=data_path("brain_mri"), cache_dir=cache_dir)
+    on_disk = {split: sum(1 for p in (data_path("brain_mri") / split).rglob("*") if p.is_file()) for split in ("train", "test")}
+    assert list(ds) == ["train", "test"] and {k: v.num_rows for k, v in ds.items()} == on_disk
+    assert ds["train"].features["label"].names == ["glioma", "meningioma", "notumor", "pituitary"]
+    row = ds["test"][0]
+    assert row["source_file"].startswith("test/") and ds["test"].features["label"].int2str(row["label"]) == row["source_file"].split("/")[1]
+
+
 def test_unreadable_files_are_reported_not_dropped(tmp_path, cache_dir, caplog):
     folder = tmp_path / "scans"
     folder.mkdir()

@@ -147,6 +147,8 @@ def finetune(*args, **kwargs) -> dict:
         "arguments": asdict(run),
         "train_rows": train.num_rows, "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
         "validation": validation, "test": test, "seconds": time.perf_counter() - started, "export": str(best),
+        # every evaluation during training (epoch, eval_auroc, ...): convergence curves and epochs-to-target
+        "history": [entry for entry in trainer.state.log_history if "eval_auroc" in entry],
     }
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     # numpy scalars become numbers, paths text
