@@ -114,6 +114,16 @@ def _add_training_commands(commands) -> None:
     f = commands.add_parser("finetune", help="fine-tune a MedNet checkpoint with the transformers Trainer")
     add_dataclass_arguments(f, FinetuneArguments)
 
+    b = commands.add_parser("benchmark", help="the transfer study: MedNet vs scratch (vs ImageNet) at several label fractions")
+    b.add_argument("--study", required=True, help="gray, color (the packaged studies) or a study YAML file")
+    b.add_argument("--output-dir", required=True, help="where results.json, results.md, the plots and the runs go")
+    b.add_argument("--quick", action="store_true", help="the study's quick block: one seed, a few epochs (minutes on a CPU)")
+    b.add_argument("--model", help="the release to study (default: the study's, e.g. mednet/gray)")
+    b.add_argument("--task", dest="tasks", action="append", help="run only this task (repeatable)")
+    b.add_argument("--init", dest="inits", action="append", choices=["mednet", "scratch", "imagenet"], help="initialisations (repeatable)")
+    b.add_argument("--label-fraction", dest="label_fractions", type=float, action="append", help="label fractions (repeatable)")
+    b.add_argument("--seed", dest="seeds", type=int, action="append", help="seeds (repeatable)")
+
 
 def _add_hub_commands(commands) -> None:
     p = commands.add_parser("push", help="push a saved MedNet (safetensors, processor, remote code) and its model card to the Hub")
@@ -182,6 +192,15 @@ def _run_finetune(args) -> None:
     print(f"results: {Path(args.output_dir) / 'results.json'}; best model: {record['export']}")
 
 
+def _run_benchmark(args) -> None:
+    from .training.benchmark import benchmark
+
+    results = benchmark(args.study, args.output_dir, quick=args.quick, tasks=args.tasks, model=args.model, inits=args.inits,
+                        label_fractions=args.label_fractions, seeds=args.seeds)
+    print((Path(args.output_dir) / "results.md").read_text())
+    print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s; results: {Path(args.output_dir) / 'results.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mednet", description="MedNet: medical image backbones for transformers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -190,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_hub_commands(commands)
     args = parser.parse_args(argv)
     try:
-        {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "push": _run_push, "hub": _run_hub}[args.command](args)
+        {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "benchmark": _run_benchmark,
+         "push": _run_push, "hub": _run_hub}[args.command](args)
     except ValueError as e:  # our errors say what is wrong and what to do; no traceback needed
         print(f"mednet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -138,6 +138,8 @@ def finetune(*args, **kwargs) -> dict:
         callbacks=[EarlyStoppingCallback(early_stopping_patience=run.patience)],
     )
     trainer.train()
+    # every evaluation during training (epoch, eval_auroc, ...), before the final ones: convergence curves
+    history = [entry for entry in trainer.state.log_history if "eval_auroc" in entry]
     validation = trainer.evaluate()
     test = trainer.evaluate(splits["test"].with_transform(transform), metric_key_prefix="test") if "test" in splits else {}
     best = Path(output_dir) / "best"
@@ -147,8 +149,7 @@ def finetune(*args, **kwargs) -> dict:
         "arguments": asdict(run),
         "train_rows": train.num_rows, "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
         "validation": validation, "test": test, "seconds": time.perf_counter() - started, "export": str(best),
-        # every evaluation during training (epoch, eval_auroc, ...): convergence curves and epochs-to-target
-        "history": [entry for entry in trainer.state.log_history if "eval_auroc" in entry],
+        "history": history,
     }
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     # numpy scalars become numbers, paths text

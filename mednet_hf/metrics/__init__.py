@@ -4,6 +4,7 @@
 Each metric is one self-contained script (`evaluate.load` copies a single file), so they share no helper module
 and repeat their small `_info` boilerplate; the computations are scikit-learn's."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ def metric_path(name: str) -> str:
     return str(METRICS_DIR / name / f"{name}.py")
 
 
+@functools.lru_cache(maxsize=None)  # loading a module costs far more than computing it; they keep no state
 def load_metric(name: str, config_name: str | None = None):
     import evaluate
 

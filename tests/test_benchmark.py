@@ -1,0 +1,67 @@
+"""`mednet benchmark --quick` on real data: the output's structure, and every number traced back to a run."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT, data_path
+
+from mednet_hf.cli import main as cli_main
+from mednet_hf.training.benchmark import epochs_to_reach, load_study, study_file
+
+
+def test_epochs_to_reach_the_share_of_the_best():
+    history = [{"epoch": 1.0, "eval_auroc": 0.6}, {"epoch": 2.0, "eval_auroc": 0.86}, {"epoch": 3.0, "eval_auroc": 0.9}]
+    assert epochs_to_reach(history, 0.95) == 2.0  # 0.86 ≥ 0.95 × 0.9
+    assert epochs_to_reach(history, 1.0) == 3.0
+    assert epochs_to_reach([], 0.95) is None
+
+
+def test_packaged_studies_load_and_quick_replaces_what_it_names():
+    for name in ("gray", "color"):
+        full, quick = load_study(study_file(name)), load_study(study_file(name), quick=True)
+        assert full.seeds == [0, 1, 2] and full.label_fractions == [0.01, 0.1, 1.0]
+        assert quick.seeds == [0] and quick.finetune["epochs"] < full.finetune["epochs"]
+        assert quick.finetune["batch_size"] == full.finetune["batch_size"]  # the rest of the recipe is kept
+        assert any(t.domain == "out" for t in full.tasks) and any(t.domain == "in" for t in full.tasks)
+
+
+def test_unknown_study_keys_are_refused(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"variant": "gray", "model": "mednet/gray", "tasks": [], "epochz": 3}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epochz'\]"):
+        load_study(path)
+
+
+def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(data_path("")))
+    study = yaml.safe_load((REPO_ROOT / "training/configs/benchmark_gray.yaml").read_text())
+    study["quick"] = {"seeds": [0], "label_fractions": [0.05], "finetune": {"epochs": 2, "batch_size": 64}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "bench"
+    code = cli_main(["benchmark", "--study", str(path), "--output-dir", str(out), "--quick", "--task", "pneumonia"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "imagenet" in printed and "skipped" in printed  # offline: timm's weights are not reachable, and it says so
+    results = json.loads((out / "results.json").read_text())
+    assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "label_fractions.png", "convergence.png"}
+    assert (out / "label_fractions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {(r["init"], r["label_fraction"], r["seed"]) for r in results["runs"]} == {("mednet", 0.05, 0), ("scratch", 0.05, 0)}
+    for run in results["runs"]:
+        # Every number comes from the run's own record, written by `mednet finetune`.
+        record = json.loads(open(run["record"]).read())
+        assert run["test_auroc"] == record["test"]["test_auroc"] and run["test_accuracy"] == record["test"]["test_accuracy"]
+        assert [h["eval_auroc"] for h in run["history"]] == [h["eval_auroc"] for h in record["history"]]
+        assert len(run["history"]) == 2 and run["epochs_to_95"] in (1.0, 2.0)
+        assert run["command"].startswith("mednet finetune --model ") and "--label-fraction 0.05" in run["command"]
+        assert 0.0 <= run["test_auroc"] <= 1.0
+    for row in results["summary"]:
+        members = [r["test_auroc"] for r in results["runs"] if r["init"] == row["init"]]
+        assert row["test_auroc"][0] == pytest.approx(np.mean(members))
+        assert f"{row['test_auroc'][0]:.3f}" in (out / "results.md").read_text()
+    for init in ("mednet", "scratch"):
+        frozen = results["frozen"]["pneumonia"][init]
+        assert 0.0 <= frozen["linear_probe"]["test_auroc"] <= 1.0 and 0.0 <= frozen["knn"]["test_auroc"] <= 1.0
+    assert results["frozen"]["pneumonia"]["mednet"]["linear_probe"]["test_auroc"] != results["frozen"]["pneumonia"]["scratch"]["linear_probe"]["test_auroc"]

@@ -1,0 +1,371 @@
+"""The transfer study behind `mednet benchmark`: does a MedNet release give a better model, sooner, than the same
+network from scratch (or from ImageNet), when only a few labels are at hand?
+
+A study file (`training/configs/benchmark_gray.yaml`, `benchmark_color.yaml`) names the release, the tasks (with
+their official test splits, marked in- or out-of-domain), the initialisations, label fractions and seeds, and one
+fine-tuning recipe. For every task × initialisation × fraction × seed this runs `mednet finetune` (the same
+function), and records test AUROC/accuracy and the validation AUROC after every epoch. Then, at 100% labels, frozen
+features: a linear probe (logistic regression) and kNN (k=20, cosine) on the pooled features. Where the study has
+one, a dense task: DRIVE vessels with `MedNetBackbone` and a light decoder (Dice).
+
+The output folder holds `results.json` (every run, its command line and the path of its own record),
+`results.md` (the tables, beside published numbers on the same test splits), `label_fractions.png` (test AUROC
+against label fraction per task) and `convergence.png` (validation AUROC per epoch, MedNet against scratch).
+"""
+
+import json
+import shlex
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from mednet_hf.data import load_medical_dataset, medical_transform
+from mednet_hf.metrics import classification_metrics
+
+from .finetune import FinetuneArguments, finetune
+from .recipe import resolve_data_dir
+
+INITS = ("mednet", "scratch", "imagenet")
+
+
+@dataclass
+class Task:
+    name: str
+    dataset: str  # as `mednet finetune --dataset`
+    data_dir: str  # relative paths are under MEDNET_DATA_DIR
+    domain: str  # "in": the release saw this task's training images in pretraining; "out": it did not
+    options: dict = field(default_factory=dict)
+    no_checks: bool = False
+
+
+@dataclass
+class Study:
+    variant: str
+    model: str  # the release: a Hub id (the bundled mednet/gray) or a folder
+    tasks: list[Task]
+    inits: list[str] = field(default_factory=lambda: list(INITS))
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    finetune: dict = field(default_factory=dict)  # FinetuneArguments fields shared by every run
+    knn_k: int = 20
+    convergence: float = 0.95  # epochs until validation AUROC first reaches this share of the run's best
+    dense: dict | None = None  # {"data_dir": ..., "size": ..., "steps": ...} for DRIVE
+    published: list[dict] = field(default_factory=list)  # reference numbers on the same test splits
+    quick: dict = field(default_factory=dict)  # what --quick replaces
+
+
+def load_study(path, quick: bool = False, **overrides) -> Study:
+    """Read a study file; `quick` applies its `quick:` block (fewer seeds and epochs), `overrides` win last."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    known = {f.name for f in fields(Study)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"study {path}: unknown key(s) {unknown}; known: {sorted(known)}")
+    if quick:
+        quick_block = raw.get("quick") or {}
+        raw["finetune"] = {**raw.get("finetune", {}), **quick_block.pop("finetune", {})}
+        raw.update(quick_block)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    task_keys = {f.name for f in fields(Task)}
+    for i, task in enumerate(raw.get("tasks") or []):
+        if set(task) - task_keys or not {"name", "dataset", "data_dir", "domain"} <= set(task):
+            raise ValueError(f"study {path}: task {i} needs name, dataset, data_dir, domain (and only {sorted(task_keys)})")
+    study = Study(**{**raw, "tasks": [Task(**t) for t in raw.get("tasks") or []]})
+    if not study.tasks:
+        raise ValueError(f"study {path}: no tasks")
+    bad = sorted(set(study.inits) - set(INITS))
+    if bad:
+        raise ValueError(f"study {path}: unknown initialisation(s) {bad}; choose from {INITS}")
+    bad = sorted(set(study.finetune) - {f.name for f in fields(FinetuneArguments)})
+    if bad:
+        raise ValueError(f"study {path}: unknown fine-tuning option(s) {bad}")
+    return study
+
+
+# ---------------------------------------------------------------------------------------------------- initialisations
+
+
+def prepare_inits(study: Study, work: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """{init: model folder or id} for the initialisations that can run, and {init: why not} for the others. Scratch and
+    ImageNet copy the release's architecture, variant and preprocessing, so only the weights differ."""
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from mednet_hf import MedNetModel
+
+    config = AutoConfig.from_pretrained(study.model)
+    processor = AutoImageProcessor.from_pretrained(study.model)
+    ready, skipped = {}, {}
+    for init in study.inits:
+        if init == "mednet":
+            ready[init] = study.model
+            continue
+        torch.manual_seed(0)
+        model = MedNetModel(config)
+        if init == "imagenet":
+            import timm
+
+            try:  # timm sums the RGB kernels of the first convolution for one input channel
+                weights = timm.create_model(config.architecture, pretrained=True, num_classes=0, in_chans=config.num_channels)
+            except Exception as e:  # offline, no weights for this architecture, hub error: all end here
+                skipped[init] = f"timm's ImageNet weights for {config.architecture} are not reachable ({type(e).__name__})"
+                continue
+            model.timm_model.load_state_dict(weights.state_dict())
+        folder = work / f"init-{init}"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        ready[init] = str(folder)
+    return ready, skipped
+
+
+# ---------------------------------------------------------------------------------------------------- one fine-tuning run
+
+
+def epochs_to_reach(history: list[dict], share: float) -> float | None:
+    """The first epoch at which validation AUROC reaches `share` of the run's best; None without evaluations."""
+    scores = [(entry["epoch"], entry["eval_auroc"]) for entry in history if entry.get("eval_auroc") is not None]
+    if not scores:
+        return None
+    best = max(score for _, score in scores)
+    return next(epoch for epoch, score in scores if score >= share * best)
+
+
+def _command(arguments: FinetuneArguments) -> str:
+    """The `mednet finetune` command line that reproduces a run."""
+    parts = ["mednet", "finetune"]
+    defaults = FinetuneArguments(model="", dataset="")
+    for spec in fields(FinetuneArguments):
+        value = getattr(arguments, spec.name)
+        flag = spec.metadata.get("flag", "--" + spec.name.replace("_", "-"))
+        if spec.name in ("model", "dataset") or value != getattr(defaults, spec.name):
+            if isinstance(value, bool):
+                parts += [flag] if value else []
+            elif isinstance(value, dict):
+                parts += [x for key, v in value.items() for x in (flag, f"{key}={v}")]
+            else:
+                parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run_finetune(study: Study, task: Task, init: str, model: str, fraction: float, seed: int, output_dir: Path) -> dict:
+    arguments = FinetuneArguments(
+        model=model, dataset=task.dataset, data_dir=resolve_data_dir(task.data_dir), output_dir=str(output_dir),
+        label_fraction=fraction, seed=seed, no_checks=task.no_checks, options=dict(task.options), report_to="none",
+        new_head=True, **study.finetune,
+    )
+    record = finetune(arguments)
+    return {
+        "task": task.name, "domain": task.domain, "init": init, "label_fraction": fraction, "seed": seed,
+        "test_auroc": record["test"]["test_auroc"], "test_accuracy": record["test"]["test_accuracy"],
+        "best_validation_auroc": max((e["eval_auroc"] for e in record["history"]), default=None),
+        "epochs_to_95": epochs_to_reach(record["history"], study.convergence),
+        "history": [{"epoch": e["epoch"], "eval_auroc": e["eval_auroc"]} for e in record["history"]],
+        "train_rows": record["train_rows"], "seconds": record["seconds"],
+        "command": _command(arguments), "record": str(output_dir / "results.json"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- frozen features
+
+
+@torch.no_grad()
+def _features(model, processor, split, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    transformed = split.with_transform(medical_transform(processor, split.features))
+    feats, labels = [], []
+    for start in range(0, split.num_rows, batch_size):
+        batch = transformed[start : start + batch_size]
+        feats.append(model(pixel_values=batch["pixel_values"]).pooler_output.numpy())
+        labels.append(batch["labels"].numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def frozen_features(study: Study, task: Task, model_id: str) -> dict:
+    """Linear probe (logistic regression on standardised features) and kNN (k, cosine) at 100% labels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoImageProcessor, AutoModel
+
+    name, _, config = task.dataset.partition(":")
+    splits = load_medical_dataset(name, config or None, resolve_data_dir(task.data_dir),
+                                  verification_mode="no_checks" if task.no_checks else None, **task.options)
+    model, processor = AutoModel.from_pretrained(model_id).eval(), AutoImageProcessor.from_pretrained(model_id)
+    train_x, train_y = _features(model, processor, splits["train"])
+    test_x, test_y = _features(model, processor, splits["test"])
+    out = {}
+    for method, classifier in (
+        ("linear_probe", make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))),
+        ("knn", KNeighborsClassifier(n_neighbors=study.knn_k, metric="cosine")),
+    ):
+        classifier.fit(train_x, train_y)
+        # classification_metrics takes logits: the log of the class probabilities is one
+        scores = np.log(np.clip(classifier.predict_proba(test_x), 1e-12, 1.0))
+        metrics = classification_metrics(scores, test_y)
+        out[method] = {"test_auroc": metrics["auroc"], "test_accuracy": metrics["accuracy"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Mean ± std over seeds for each task, initialisation and label fraction."""
+    groups = {}
+    for run in runs:
+        groups.setdefault((run["task"], run["domain"], run["init"], run["label_fraction"]), []).append(run)
+    rows = []
+    for (task, domain, init, fraction), members in sorted(groups.items()):
+        row = {"task": task, "domain": domain, "init": init, "label_fraction": fraction, "seeds": len(members)}
+        for key in ("test_auroc", "test_accuracy", "epochs_to_95"):
+            values = [m[key] for m in members if m[key] is not None]
+            row[key] = _mean_std(values) if values else None
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}" if value[1] else f"{value[0]:.3f}"
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Transfer study: {results['study']['model']} ({results['study']['variant']})", "",
+             f"{results['device']}; {len(results['runs'])} fine-tuning runs; {results['seconds']:.0f} s.", ""]
+    for init, why in results["skipped"].items():
+        lines.append(f"- `{init}` skipped: {why}.")
+    lines += ["", "## Fine-tuning (test split, mean ± std over seeds)", "",
+              "| task | domain | init | labels | AUROC | accuracy | epochs to 95% of best val. AUROC |", "|---|---|---|---:|---:|---:|---:|"]
+    for row in results["summary"]:
+        lines.append(f"| {row['task']} | {row['domain']} | {row['init']} | {row['label_fraction']:.0%} | {_cell(row['test_auroc'])} | "
+                     f"{_cell(row['test_accuracy'])} | {_cell(row['epochs_to_95'])} |")
+    lines += ["", "## Frozen features (100% labels, test split)", "", "| task | init | linear probe AUROC | kNN AUROC | linear probe acc. | kNN acc. |",
+              "|---|---|---:|---:|---:|---:|"]
+    for task, by_init in results["frozen"].items():
+        for init, m in by_init.items():
+            lines.append(f"| {task} | {init} | {m['linear_probe']['test_auroc']:.3f} | {m['knn']['test_auroc']:.3f} | "
+                         f"{m['linear_probe']['test_accuracy']:.3f} | {m['knn']['test_accuracy']:.3f} |")
+    if results["dense"]:
+        lines += ["", "## Dense: DRIVE vessel segmentation (Dice on the 20 test images, inside the field of view)", "",
+                  "| init | Dice | size | steps |", "|---|---:|---:|---:|"]
+        lines += [f"| {init} | {d['dice']:.3f} | {d['size']} | {d['steps']} |" for init, d in results["dense"].items()]
+    if results["study"]["published"]:
+        lines += ["", "## Published numbers on the same test splits (not run here)", "", "| task | model | AUROC | accuracy | source |",
+                  "|---|---|---:|---:|---|"]
+        lines += [f"| {p['task']} | {p['model']} | {p['auroc']:.3f} | {p['accuracy']:.3f} | {p['source']} |" for p in results["study"]["published"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, output_dir: Path) -> list[Path]:
+    """label_fractions.png (test AUROC vs label fraction, one panel per task) and convergence.png (validation AUROC
+    per epoch at the smallest fraction, MedNet against scratch, seed 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({row["task"] for row in results["summary"]})
+    domain = {row["task"]: row["domain"] for row in results["summary"]}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for init in sorted({row["init"] for row in results["summary"]}):
+            rows = [r for r in results["summary"] if r["task"] == task and r["init"] == init and r["test_auroc"]]
+            x = [r["label_fraction"] for r in rows]
+            mean = np.array([r["test_auroc"][0] for r in rows])
+            std = np.array([r["test_auroc"][1] for r in rows])
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=init)
+        ax.set(xscale="log", title=f"{task} ({domain[task]} of domain)", xlabel="label fraction", ylabel="test AUROC")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    paths = [output_dir / "label_fractions.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    smallest = min(r["label_fraction"] for r in results["runs"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for run in results["runs"]:
+            if run["task"] == task and run["label_fraction"] == smallest and run["seed"] == min(results["study"]["seeds"]):
+                ax.plot([h["epoch"] for h in run["history"]], [h["eval_auroc"] for h in run["history"]], marker=".", label=run["init"])
+        ax.set(title=f"{task}, {smallest:.0%} labels", xlabel="epoch", ylabel="validation AUROC")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    paths.append(output_dir / "convergence.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------- the study
+
+
+STUDIES = Path(__file__).resolve().parent / "configs"
+
+
+def study_file(name) -> Path:
+    """`gray`/`color` name the packaged studies (`configs/benchmark_<name>.yaml`); anything else is a path."""
+    packaged = STUDIES / f"benchmark_{name}.yaml"
+    return packaged if str(name) in ("gray", "color") else Path(name)
+
+
+def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = None, **overrides) -> dict:
+    """Run a study (`gray`, `color` or a study file); `tasks` keeps only the named tasks; `overrides` replace study
+    keys (`model`, `seeds`, `inits`, `label_fractions`, ...). Writes and returns the results."""
+    started = time.perf_counter()
+    study_path = study_file(study)
+    study = load_study(study_path, quick=quick, **overrides)
+    if tasks:
+        missing = sorted(set(tasks) - {t.name for t in study.tasks})
+        if missing:
+            raise ValueError(f"study {study_path} has no task(s) {missing}; it has {[t.name for t in study.tasks]}")
+        study.tasks = [t for t in study.tasks if t.name in tasks]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    inits, skipped = prepare_inits(study, output_dir / "inits")
+    for init, why in skipped.items():
+        print(f"skipping init '{init}': {why}")
+    plan = [(t, i, f, s) for t in study.tasks for i in inits for f in study.label_fractions for s in study.seeds]
+    extra = len(study.tasks) * len(inits) + (len(inits) if study.dense else 0)
+    runs, frozen, dense = [], {}, {}
+    with tqdm(total=len(plan) + extra, desc="benchmark", unit="run") as progress:
+        for task, init, fraction, seed in plan:
+            progress.set_postfix_str(f"{task.name} {init} {fraction:.0%} seed {seed}")
+            run_dir = output_dir / "runs" / f"{task.name}-{init}-{fraction:g}-seed{seed}"
+            runs.append(run_finetune(study, task, init, inits[init], fraction, seed, run_dir))
+            for weights in [*run_dir.glob("checkpoint-*"), run_dir / "best"]:  # its command rebuilds them; disks are finite
+                shutil.rmtree(weights, ignore_errors=True)
+            progress.update(1)
+        for task in study.tasks:
+            for init, model in inits.items():
+                progress.set_postfix_str(f"{task.name} {init} frozen features")
+                frozen.setdefault(task.name, {})[init] = frozen_features(study, task, model)
+                progress.update(1)
+        if study.dense:
+            from .dense import drive_dice
+
+            for init, model in inits.items():
+                progress.set_postfix_str(f"DRIVE {init}")
+                options = {k: v for k, v in study.dense.items() if k != "data_dir"}
+                dense[init] = drive_dice(model, resolve_data_dir(study.dense["data_dir"]), **options)
+                progress.update(1)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    results = {"study": asdict(study), "study_file": str(study_path), "quick": quick, "device": device, "skipped": skipped,
+               "runs": runs, "summary": summarise(runs), "frozen": frozen, "dense": dense,
+               "seconds": time.perf_counter() - started}
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (output_dir / "results.md").write_text(markdown(results))
+    plot(results, output_dir)
+    return results
+
+
+__all__ = ["Study", "Task", "benchmark", "epochs_to_reach", "load_study", "study_file", "summarise"]
