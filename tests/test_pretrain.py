@@ -1,5 +1,6 @@
 """Pretraining: two processes under `accelerate launch` (gloo on CPU) for each objective, a run killed after a
-checkpoint and resumed, and the errors that must stop a run before it trains."""
+checkpoint and resumed, the grouped forward, the uint8 source cache, and the errors that must stop a run before it
+trains."""
 
 import json
 import os
@@ -10,11 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import DATA_DIR, REPO_ROOT, data_path
 
-from training.pretrain import CheckpointError, pretrain
-from training.recipe import load_recipe
+from mednet_hf.training import data as pretraining_data_module
+from mednet_hf.training.augment import PretrainViews, step_generator
+from mednet_hf.training.data import pretraining_data
+from mednet_hf.training.pretrain import CheckpointError, build_model, pretrain
+from mednet_hf.training.recipe import load_recipe
 
 PNEUMONIA = {
     "name": "pneumonia", "dataset": "medmnist", "config": "pneumoniamnist", "data_dir": "medmnist",
@@ -60,11 +65,76 @@ def test_two_processes_end_with_identical_weights(tmp_path, objectives):
     assert record["processes"] == 2 and record["steps"] == 4
     assert len(record["rank_checksums"]) == 2 and record["ranks_identical"]
     assert all(v == v for v in record["final_losses"].values())  # no NaN
-    # The two ranks trained on different examples (the loader shards every batch).
+    # The two ranks trained on different examples (each takes its own slice of every global batch).
     seen = [{i for line in (out / f"data_order-rank{r}.jsonl").read_text().splitlines() for i in json.loads(line)["index"]} for r in (0, 1)]
     assert seen[0] and seen[1] and seen[0] != seen[1]
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "preprocessor_config.json").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+ALL_OBJECTIVES = {
+    "supervised": {"weight": 1.0},
+    "contrastive": {"weight": 1.0, "prototypes": 16, "local_crops": 2},
+    "restoration": {"weight": 1.0},
+}
+
+
+@pytest.mark.parametrize("labelled_rows", [True, False], ids=["mixed-batch", "no-labelled-row"])
+def test_one_backbone_call_per_resolution_and_a_gradient_for_every_parameter(tmp_path, labelled_rows):
+    recipe = load_recipe(_recipe(tmp_path, ALL_OBJECTIVES))
+    torch.manual_seed(0)
+    model = build_model(recipe, heads=[(0, 2, 1.0)])
+    calls = []
+    model.backbone.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    views = PretrainViews.from_objectives(28, recipe.objectives)(images, step_generator(0, 0, 0))
+    source = torch.tensor([0, 0, 1, 0, 1, 1]) if labelled_rows else torch.ones(6, dtype=torch.long)
+    label = torch.where(source == 0, torch.tensor([1, 0, -1, 1, -1, -1]), -1)
+    losses = model(views | {"label": label, "source": source})
+    # Full size: supervised view, 2 global crops, Genesis input; half size: 2 local crops.
+    assert calls == [(6 * 4, 1, 28, 28), (6 * 2, 1, 14, 14)]
+    assert set(losses) == {"supervised", "contrastive", "restoration", "loss"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert (losses["supervised"] > 0) == labelled_rows
+    losses["loss"].backward()
+    # What lets DDP run with find_unused_parameters=False.
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_sources_are_decoded_once_into_a_uint8_cache_that_later_runs_reuse(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
+    data_path("medmnist")
+    cache = tmp_path / "cache"
+    recipe = load_recipe(_recipe(tmp_path, {"supervised": {"weight": 1.0}}, cache_dir=str(cache)))
+    decoded, decode = [], pretraining_data_module._decode
+    monkeypatch.setattr(pretraining_data_module, "_decode", lambda source, *args: decoded.append(source.name) or decode(source, *args))
+    first = pretraining_data(recipe)
+    assert decoded == ["pneumonia", "mr_series"] and len(list(cache.glob("*.safetensors"))) == 2
+    second = pretraining_data(recipe)
+    assert decoded == ["pneumonia", "mr_series"]  # nothing decoded again
+    assert first.images.dtype == torch.uint8 and first.images.shape == (3882 + 120, 1, 28, 28)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert first.classes == [2, None] and set(first.labels[:3882].tolist()) == {0, 1} and (first.labels[3882:] == -1).all()
+    assert torch.equal(first.sample(0, 5, 64), second.sample(0, 5, 64))
+    bigger = load_recipe(_recipe(tmp_path, {"supervised": {"weight": 1.0}}, cache_dir=str(cache), image_size=32))
+    assert pretraining_data(bigger).images.shape[-1] == 32 and len(decoded) == 4  # another size, another entry
+
+
+def test_a_model_that_fails_to_compile_trains_eagerly_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
+    data_path("medmnist")
+
+    def compile_that_fails(module, **kwargs):
+        def first_call(*args, **kwargs):
+            raise AssertionError("stride mismatch in convolution_backward")  # as torch 2.11 did with channels_last
+
+        return first_call
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    recipe = _recipe(tmp_path, {"supervised": {"weight": 1.0}}, steps=2, checkpoint_every=2, compile=True)
+    with pytest.warns(UserWarning, match="compile: true failed .*stride mismatch.*training eagerly instead"):
+        record = pretrain(recipe, tmp_path / "run")
+    assert record["steps"] == 2 and all(v == v for v in record["final_losses"].values())
 
 
 def _order(out: Path) -> dict:

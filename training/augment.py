@@ -1,127 +1,264 @@
-"""Medical augmentations for pretraining, on `(C, H, W)` tensors in [0, 1] (the intensity convention's range).
+"""Batched pretraining augmentations on `(B, C, H, W)` images (uint8, or float in [0, 1]), on whatever device
+the images are on, so that the GPU, not a CPU worker, makes the views.
 
-Randomness comes from a generator seeded by (recipe seed, epoch, example index), so a resumed run draws exactly
-the views an uninterrupted run would, whatever the loader prefetched before a checkpoint.
+Every random draw comes from the `torch.Generator` passed in, which `step_generator` seeds from (seed, step, rank):
+a resumed run draws exactly the views an uninterrupted one would. Draws are per sample, and no operation reads a
+value back to the host.
 """
+
+import hashlib
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 
-class RandomIntensity:
-    """Gamma, contrast and brightness changes, as scanners and protocols differ; stays in [0, 1]."""
-
-    def __init__(self, gamma=(0.7, 1.5), contrast=(0.75, 1.25), brightness=0.1):
-        self.gamma, self.contrast, self.brightness = gamma, contrast, brightness
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(3)
-        x = x.clamp(0, 1) ** (self.gamma[0] + (self.gamma[1] - self.gamma[0]) * u[0])
-        mean = x.mean()
-        x = (x - mean) * (self.contrast[0] + (self.contrast[1] - self.contrast[0]) * u[1]) + mean
-        return (x + (2 * u[2] - 1) * self.brightness).clamp(0, 1)
+def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu", stream: str = "views") -> torch.Generator:
+    """A generator on `device` seeded by a hash of (stream, seed, step, rank): independent across all four."""
+    digest = hashlib.blake2b(f"{stream}/{seed}/{step}/{rank}".encode(), digest_size=8).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
-def medical_view(size: int, scale: tuple[float, float], strong: bool) -> v2.Compose:
-    steps = [v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip()]
-    if strong:
-        steps += [
-            v2.RandomApply([v2.RandomRotation(15)], p=0.5),
-            RandomIntensity(),
-            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.5),
-            v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.3),
-        ]
-    return v2.Compose(steps)
+def _uniform(generator: torch.Generator, shape, low, high, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, device=device)
+
+
+def _chance(generator: torch.Generator, shape, p: float, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=device) < p
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+
+
+def _crop_thetas(generator, shape, scale, max_rotation: float, device) -> torch.Tensor:
+    """`(*shape, 2, 3)` affine maps from output to input coordinates (both in [-1, 1]): a random resized crop
+    (area fraction in `scale`, aspect ratio in [3/4, 4/3]), a horizontal flip and a rotation of up to
+    `max_rotation` degrees (applied to half the views). The images are square (the cache center-crops them)."""
+    area = _uniform(generator, shape, *scale, device)
+    log_ratio = _uniform(generator, shape, math.log(3 / 4), math.log(4 / 3), device)
+    half_w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    half_h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    center_x = _uniform(generator, shape, -1.0, 1.0, device) * (1 - half_w)
+    center_y = _uniform(generator, shape, -1.0, 1.0, device) * (1 - half_h)
+    sign = torch.where(_chance(generator, shape, 0.5, device), -1.0, 1.0)
+    angle = _uniform(generator, shape, -max_rotation, max_rotation, device) * _chance(generator, shape, 0.5, device)
+    cos, sin = torch.cos(angle.deg2rad()), torch.sin(angle.deg2rad())
+    row_x = torch.stack([cos * half_w * sign, -sin * half_h, center_x], dim=-1)
+    row_y = torch.stack([sin * half_w * sign, cos * half_h, center_y], dim=-1)
+    return torch.stack([row_x, row_y], dim=-2)
+
+
+def _sample_views(images: torch.Tensor, thetas: torch.Tensor, size: int) -> torch.Tensor:
+    """`images (B, C, H, W)`, `thetas (B, V, 2, 3)` → `(V, B, C, size, size)` in one `grid_sample`: the V grids of
+    an image are stacked along the grid's height, so the source is never copied V times. The grid is what
+    `F.affine_grid(align_corners=False)` gives, built by broadcasting: its batched 3×2 matmul is 15× slower on CPU."""
+    batch, views = thetas.shape[:2]
+    coords = (torch.arange(size, device=images.device, dtype=thetas.dtype) * 2 + 1) / size - 1  # pixel centres
+    u, v = coords.view(1, 1, 1, size), coords.view(1, 1, size, 1)
+    rows = thetas[..., None, None]  # (B, V, 2, 3, 1, 1)
+    grid = torch.empty(batch, views, size, size, 2, device=images.device, dtype=thetas.dtype)
+    for i in (0, 1):  # one full-size add per coordinate, written in place
+        torch.add(rows[:, :, i, 0] * u, rows[:, :, i, 1] * v + rows[:, :, i, 2], out=grid[..., i])
+    out = F.grid_sample(images, grid.view(batch, views * size, size, 2), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return out.view(batch, images.shape[1], views, size, size).permute(2, 0, 1, 3, 4)
+
+
+# ---------------------------------------------------------------------------------------------------- intensity
+
+
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def _blur3(x: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """Separable 3-tap Gaussian blur with a per-sample side weight (0 leaves the image as it is), borders
+    replicated: shifted multiply-adds along each axis, cheaper than a grouped convolution with one kernel per image."""
+    side = _per_sample(side)
+    for dim in (-1, -2):
+        n = x.shape[dim]
+        out = x * (1 - 2 * side)
+        out.narrow(dim, 1, n - 1).addcmul_(x.narrow(dim, 0, n - 1), side)
+        out.narrow(dim, 0, n - 1).addcmul_(x.narrow(dim, 1, n - 1), side)
+        out.narrow(dim, 0, 1).addcmul_(x.narrow(dim, 0, 1), side)
+        out.narrow(dim, n - 1, 1).addcmul_(x.narrow(dim, n - 1, 1), side)
+        x = out
+    return x
+
+
+def photometric(x: torch.Tensor, generator: torch.Generator, gamma=(0.7, 1.5), contrast=(0.75, 1.25),
+                brightness: float = 0.1, blur_sigma=(0.1, 1.0), noise_sigma: float = 0.02) -> torch.Tensor:
+    """Gamma, contrast and brightness (scanners and protocols differ), then a Gaussian blur (half the images) and
+    Gaussian noise (30%), each drawn per image of `x (N, C, H, W)`; the result stays in [0, 1]."""
+    n, device = x.shape[0], x.device
+    x = x.clamp(0, 1).pow_(_per_sample(_uniform(generator, n, *gamma, device)))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x.sub_(mean).mul_(_per_sample(_uniform(generator, n, *contrast, device)))
+    x.add_(mean + _per_sample(_uniform(generator, n, -brightness, brightness, device))).clamp_(0, 1)
+    sigma = _uniform(generator, n, *blur_sigma, device)
+    side = torch.exp(-0.5 / sigma**2)
+    x = _blur3(x, side / (1 + 2 * side) * _chance(generator, n, 0.5, device))
+    noise = torch.randn(x.shape, generator=generator, device=device)
+    return x.add_(noise.mul_(_per_sample(noise_sigma * _chance(generator, n, 0.3, device)))).clamp_(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------- Models Genesis
 
 
-def _bezier_intensity(x: torch.Tensor) -> torch.Tensor:
-    """Models Genesis' non-linear intensity transform: a random monotone Bézier curve from (0, 0) to (1, 1)."""
-    p1, p2 = torch.rand(2), torch.rand(2)
-    t = torch.linspace(0, 1, 256)
-    curve = [(1 - t) ** 3 * 0 + 3 * (1 - t) ** 2 * t * p1[i] + 3 * (1 - t) * t**2 * p2[i] + t**3 for i in range(2)]
-    xs, order = torch.sort(curve[0])
-    ys = curve[1][order]
-    if torch.rand(()) < 0.5:
-        ys = torch.flip(ys, [0])  # the inverted curve
-    index = torch.searchsorted(xs, x.clamp(0, 1).contiguous()).clamp(1, len(xs) - 1)
-    x0, x1, y0, y1 = xs[index - 1], xs[index], ys[index - 1], ys[index]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0).clamp_min(1e-6)
+def bezier_intensity(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor, points: int = 64,
+                     lut_size: int = 256) -> torch.Tensor:
+    """Models Genesis' non-linear intensity transform, per image: a random cubic Bézier curve from (0, 0) to (1, 1),
+    inverted for half the images, tabulated at `lut_size` levels and applied by linear interpolation in the table.
+    Images where `apply` is false are returned as they are (identity table)."""
+    n, device = x.shape[0], x.device
+    t = torch.linspace(0, 1, points, device=device)
+    p1, p2 = torch.rand(2, n, 2, generator=generator, device=device)
+
+    def curve(i):  # x(t) is non-decreasing for control points in the unit square, so it needs no sorting
+        return 3 * (1 - t) ** 2 * t * p1[:, i, None] + 3 * (1 - t) * t**2 * p2[:, i, None] + t**3
+
+    xs, ys = curve(0), curve(1)
+    ys = torch.where(_chance(generator, (n, 1), 0.5, device), ys.flip(-1), ys)
+    levels = torch.linspace(0, 1, lut_size, device=device).expand(n, lut_size).contiguous()
+    right = torch.searchsorted(xs, levels).clamp(1, points - 1)
+    x0, x1 = xs.gather(1, right - 1), xs.gather(1, right)
+    y0, y1 = ys.gather(1, right - 1), ys.gather(1, right)
+    table = y0 + (y1 - y0) * ((levels - x0) / (x1 - x0).clamp_min(1e-6)).clamp(0, 1)
+    table = torch.where(apply[:, None], table, levels)
+    position = x.clamp(0, 1).flatten(1) * (lut_size - 1)
+    low = position.long().clamp_(max=lut_size - 2)  # floor: positions are non-negative
+    return torch.lerp(table.gather(1, low), table.gather(1, low + 1), position - low).view_as(x)
 
 
-def _local_shuffle(x: torch.Tensor) -> torch.Tensor:
-    """Shuffle the pixels inside small random blocks: texture must be restored from context."""
-    _, h, w = x.shape
+def local_shuffle(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor, block: int,
+                  block_p: float = 0.5) -> torch.Tensor:
+    """Shuffle the pixels inside `block × block` tiles (a random half of the tiles of the images where `apply` is
+    true), the same permutation for every channel: texture must be restored from context. One batched
+    `argsort` of random keys gives every tile its own permutation; kept tiles get sorted keys, i.e. the identity."""
+    n, c, h, w = x.shape
+    rows, cols = h // block, w // block
+    tiles = rows * cols
+    region = x[..., : rows * block, : cols * block]
+    pixels = region.reshape(n, c, rows, block, cols, block).permute(0, 1, 2, 4, 3, 5).reshape(n, c, tiles, block * block)
+    keys = torch.rand(n, tiles, block * block, generator=generator, device=x.device)
+    shuffled = _chance(generator, (n, tiles, 1), block_p, x.device) & apply[:, None, None]
+    keys = torch.where(shuffled, keys, torch.arange(block * block, device=x.device, dtype=keys.dtype))
+    order = keys.argsort(dim=-1).unsqueeze(1).expand(n, c, tiles, block * block)
+    pixels = pixels.gather(-1, order)
     out = x.clone()
-    for _ in range(max(1, h * w // 64)):
-        bh, bw = (int(v) for v in torch.randint(1, max(2, h // 8) + 1, (2,)))
-        top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
-        block = out[:, top : top + bh, left : left + bw].reshape(x.shape[0], -1)
-        out[:, top : top + bh, left : left + bw] = block[:, torch.randperm(block.shape[1])].reshape(x.shape[0], bh, bw)
+    out[..., : rows * block, : cols * block] = (
+        pixels.reshape(n, c, rows, cols, block, block).permute(0, 1, 2, 4, 3, 5).reshape(n, c, rows * block, cols * block)
+    )
     return out
 
 
-def _paint(x: torch.Tensor) -> torch.Tensor:
-    """In-painting (random boxes replaced by noise) or out-painting (all but one box replaced by noise)."""
-    _, h, w = x.shape
-    if torch.rand(()) < 0.5:
-        out = x.clone()
-        for _ in range(int(torch.randint(1, 4, ()))):
-            bh, bw = int(torch.randint(h // 6 + 1, h // 3 + 2, ())), int(torch.randint(w // 6 + 1, w // 3 + 2, ()))
-            top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
-            out[:, top : top + bh, left : left + bw] = torch.rand(x.shape[0], bh, bw)
-        return out
-    out = torch.rand_like(x)
-    bh, bw = int(torch.randint(int(0.4 * h), int(0.8 * h) + 1, ())), int(torch.randint(int(0.4 * w), int(0.8 * w) + 1, ()))
-    top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
-    out[:, top : top + bh, left : left + bw] = x[:, top : top + bh, left : left + bw]
-    return out
+def _boxes(generator, shape, size_range, extent: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random intervals `[start, start + length)` inside `[0, extent)`, `length` uniform in `size_range` (pixels)."""
+    low, high = size_range
+    length = (low + torch.rand(shape, generator=generator, device=device) * (high - low + 1)).floor().clamp(1, extent)
+    start = (torch.rand(shape, generator=generator, device=device) * (extent - length + 1)).floor()
+    return start, start + length
 
 
-def genesis(x: torch.Tensor) -> torch.Tensor:
-    """The 2-D Models Genesis corruption (Zhou et al., 2019): what the restoration objective undoes."""
-    if torch.rand(()) < 0.9:
-        x = _bezier_intensity(x)
-    if torch.rand(()) < 0.5:
-        x = _local_shuffle(x)
-    if torch.rand(()) < 0.9:
-        x = _paint(x)
-    return x
+def paint(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor, inpaint_p: float = 0.5,
+          max_boxes: int = 3) -> torch.Tensor:
+    """In-painting (1 to `max_boxes` boxes of 1/6 to 1/3 of the side replaced by noise) or out-painting (all but
+    one box of 0.4 to 0.8 of the side replaced by noise), chosen per image and applied as one batched mask."""
+    n, _, h, w = x.shape
+    device = x.device
+    ys = torch.arange(h, device=device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=device).view(1, 1, 1, w)
+
+    def inside(rows, cols):  # each axis on its own, then one full-size AND
+        in_rows = (ys >= rows[0][..., None, None]) & (ys < rows[1][..., None, None])
+        return in_rows & (xs >= cols[0][..., None, None]) & (xs < cols[1][..., None, None])
+
+    small = inside(_boxes(generator, (n, max_boxes), (h // 6 + 1, h // 3 + 1), h, device),
+                   _boxes(generator, (n, max_boxes), (w // 6 + 1, w // 3 + 1), w, device))
+    count = torch.randint(1, max_boxes + 1, (n, 1), generator=generator, device=device)
+    used = torch.arange(max_boxes, device=device) < count
+    inpaint = (small & used[..., None, None]).any(dim=1)
+    keep = inside(_boxes(generator, (n, 1), (int(0.4 * h), int(0.8 * h)), h, device),
+                  _boxes(generator, (n, 1), (int(0.4 * w), int(0.8 * w)), w, device))[:, 0]
+    mode = _chance(generator, (n, 1, 1), inpaint_p, device)
+    mask = torch.where(mode, inpaint, ~keep) & apply[:, None, None]
+    noise = torch.rand(x.shape, generator=generator, device=device)
+    return torch.where(mask[:, None], noise, x)
 
 
-# ---------------------------------------------------------------------------------------------------- per example
+def genesis(x: torch.Tensor, generator: torch.Generator, block: int) -> torch.Tensor:
+    """The 2-D Models Genesis corruption (Zhou et al., 2019), what the restoration objective undoes: a Bézier
+    intensity curve (90% of the images), local pixel shuffling (50%) and in-/out-painting (90%)."""
+    n, device = x.shape[0], x.device
+    x = bezier_intensity(x, generator, _chance(generator, n, 0.9, device))
+    x = local_shuffle(x, generator, _chance(generator, n, 0.5, device), block)
+    return paint(x, generator, _chance(generator, n, 0.9, device))
 
 
+# ---------------------------------------------------------------------------------------------------- all views
+
+
+@dataclass(frozen=True)
 class PretrainViews:
-    """What each objective needs from one example:
+    """What the objectives need from a batch of images, made in batches:
 
-    - `image`: a light view (crop + flip) for the supervised heads;
-    - `global_crops` `(2, C, S, S)` and `local_crops` `(n, C, S/2, S/2)`: strong multi-crop views (contrastive);
-    - `genesis_input`, `genesis_target`: a corrupted view and the view it came from (restoration).
+    - `image` `(B, C, S, S)`: a light view (crop + flip), for the supervised heads and as the restoration target;
+    - `global_crops` `(2B, C, S, S)` and `local_crops` `(nB, C, S/2, S/2)`, crop-major (rows `kB:(k+1)B` are crop
+      k of every image): strong multi-crop views (contrastive);
+    - `genesis_input`: the Models Genesis corruption of `image` (restoration).
+
+    All crops of one resolution come from one `grid_sample` over one batched affine grid.
     """
 
-    def __init__(self, image_size: int, objectives: dict, seed: int):
-        self.seed, self.epoch = seed, 0
-        self.objectives = objectives
-        self.light = medical_view(image_size, (0.6, 1.0), strong=False)
-        self.global_view = medical_view(image_size, (0.4, 1.0), strong=True)
-        self.local_view = medical_view(max(8, image_size // 2), (0.05, 0.4), strong=True)
-        self.local_crops = int(objectives.get("contrastive", {}).get("local_crops", 4))
+    image_size: int
+    supervised: bool = True
+    contrastive: bool = True
+    restoration: bool = True
+    local_crops: int = 4
 
-    def __call__(self, image: torch.Tensor, index: int) -> dict:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + int(index)) % (2**63))
-            views = {"image": self.light(image)}
-            if "contrastive" in self.objectives:
-                views["global_crops"] = torch.stack([self.global_view(image) for _ in range(2)])
-                views["local_crops"] = torch.stack([self.local_view(image) for _ in range(self.local_crops)])
-            if "restoration" in self.objectives:
-                target = views["image"]
-                views["genesis_input"], views["genesis_target"] = genesis(target), target
+    def __post_init__(self):
+        if not (self.supervised or self.contrastive or self.restoration):
+            raise ValueError("PretrainViews needs at least one objective")
+
+    @classmethod
+    def from_objectives(cls, image_size: int, objectives: dict) -> "PretrainViews":
+        return cls(
+            image_size=image_size, supervised="supervised" in objectives, contrastive="contrastive" in objectives,
+            restoration="restoration" in objectives,
+            local_crops=int(objectives.get("contrastive", {}).get("local_crops", 4)),
+        )
+
+    @property
+    def local_size(self) -> int:
+        return max(8, self.image_size // 2)
+
+    @property
+    def shuffle_block(self) -> int:
+        return max(2, self.image_size // 10)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if images.ndim != 4:
+            raise ValueError(f"PretrainViews takes a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        n, device = x.shape[0], x.device
+        light = self.supervised or self.restoration
+        thetas = [_crop_thetas(generator, (n, 1), (0.6, 1.0), 0.0, device)] if light else []
+        if self.contrastive:
+            thetas.append(_crop_thetas(generator, (n, 2), (0.4, 1.0), 15.0, device))
+        crops = _sample_views(x, torch.cat(thetas, dim=1), self.image_size)
+        views = {}
+        if light:
+            views["image"] = crops[0]
+        if self.contrastive:
+            views["global_crops"] = photometric(crops[-2:].flatten(0, 1), generator)
+            if self.local_crops:
+                local = _crop_thetas(generator, (n, self.local_crops), (0.05, 0.4), 15.0, device)
+                views["local_crops"] = photometric(_sample_views(x, local, self.local_size).flatten(0, 1), generator)
+        if self.restoration:
+            views["genesis_input"] = genesis(views["image"], generator, self.shuffle_block)
         return views
 
 
-__all__ = ["PretrainViews", "RandomIntensity", "genesis", "medical_view"]
+__all__ = ["PretrainViews", "bezier_intensity", "genesis", "local_shuffle", "paint", "photometric", "step_generator"]

@@ -1,63 +1,169 @@
-"""Pretraining data: the recipe's sources, from the dataset builders, mixed into one stream with
-`datasets.interleave_datasets` (sampling weights), each row tagged with its source and a stable id."""
+"""Pretraining data: every source decoded once, through the package's one intensity path (`medical_transform` with
+a `MedNetImageProcessor`), into a uint8 `(N, C, S, S)` tensor cached on disk, then held whole on the device.
+
+Each step's rows are drawn from a generator seeded by (seed, step): the source by its sampling weight, then a row
+of it uniformly. All processes draw the same global batch and each takes its own slice, so ranks see different
+examples and a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, Sequence, Value, interleave_datasets
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from mednet_hf.data import load_medical_dataset
+import mednet_hf
+from mednet_hf import MedNetImageProcessor
+from mednet_hf.data import load_medical_dataset, medical_transform
 
-from .recipe import Recipe, resolve_data_dir
+from .augment import step_generator
+from .recipe import Recipe, Source, resolve_data_dir
 
-COMMON = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "label": Value("int64"),
-        "source": Value("int64"),
-        "window": Sequence(Value("float32"), length=2),
-        "photometric_interpretation": Value("string"),
-        "modality": Value("string"),
-        "index": Value("int64"),
+ROW_STRIDE = 10**9  # example id = source index * ROW_STRIDE + row: stable across runs, names a row in the order log
+DECODE_BATCH = 256
+
+
+def cache_root(recipe: Recipe) -> Path:
+    return Path(recipe.cache_dir) if recipe.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "mednet_pretrain"
+
+
+def _processor(recipe: Recipe) -> MedNetImageProcessor:
+    """The one rows → [0, 1] pixels path, at the recipe's size and variant; normalisation comes after augmenting."""
+    return MedNetImageProcessor(variant=recipe.variant, image_size=recipe.image_size, do_normalize=False)
+
+
+def cache_key(source: Source, recipe: Recipe) -> str:
+    """What the cached pixels depend on: the source's data, the decoded size and variant (and every other processor
+    setting), and the package version, which fixes the intensity convention's code. Sampling and loss weights, names
+    and whether labels are used are not part of it."""
+    spec = {
+        "dataset": source.dataset, "config": source.config, "size": source.size, "options": source.options,
+        "verification_mode": source.verification_mode,
+        "data_dir": str(Path(resolve_data_dir(source.data_dir)).resolve()) if source.data_dir else None,
+        "image_size": recipe.image_size, "variant": recipe.variant, "version": mednet_hf.__version__,
+        "processor": json.loads(_processor(recipe).to_json_string()),
     }
-)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _source_split(recipe: Recipe, index: int):
-    """One source's train split with the common columns; returns it and its number of classes (None if unlabelled)."""
-    source = recipe.sources[index]
+def _decode(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A source's train split → uint8 images, class labels (-1 where there are none) and its label metadata."""
     split = load_medical_dataset(
         source.dataset, source.config, resolve_data_dir(source.data_dir), size=source.size,
         verification_mode=source.verification_mode, **source.options,
     )["train"]
-    features, n = split.features, split.num_rows
-    classes = None
-    if source.labelled:
-        if "labels" in features:
-            raise ValueError(f"source {source.name!r} is multi-label; the supervised objective takes single-label "
-                             "sources (set labelled: false to use its images without labels)")
-        if not isinstance(features.get("label"), ClassLabel):
-            raise ValueError(f"source {source.name!r} has no class labels; set labelled: false to use it unlabelled")
-        classes = features["label"].num_classes
-        if source.num_classes is not None and source.num_classes != classes:
-            raise ValueError(f"source {source.name!r}: the recipe says num_classes={source.num_classes} but the dataset "
-                             f"has {classes} classes {features['label'].names}")
-    keep = [c for c in COMMON if c in split.column_names and c not in ("label", "source")]
-    split = split.select_columns(keep + (["label"] if classes else []))
-    if not classes:
-        split = split.add_column("label", [-1] * n)
-    split = split.add_column("source", [index] * n)
-    # A stable id per example (source, row): seeds its augmentations and names it in the data-order log.
-    split = split.add_column("index", [index * 10**9 + row for row in range(n)])
-    for column in ("window", "photometric_interpretation", "modality"):
-        if column not in split.column_names:
-            split = split.add_column(column, [None] * n)
-    return split.cast(COMMON), classes
+    label = split.features.get("label")
+    names = list(label.names) if isinstance(label, datasets.ClassLabel) else None
+    labels = torch.tensor(split["label"], dtype=torch.long) if names else torch.full((split.num_rows,), -1, dtype=torch.long)
+    # Labels are read from the column above; the transform only makes pixels.
+    pixels_only = split.remove_columns([c for c in ("label", "labels") if c in split.column_names])
+    rows = pixels_only.with_transform(medical_transform(_processor(recipe), pixels_only.features))
+    batches = BatchSampler(SequentialSampler(range(rows.num_rows)), DECODE_BATCH, drop_last=False)
+    loader = DataLoader(rows, sampler=batches, batch_size=None, num_workers=recipe.num_workers)
+    images = torch.cat([(batch["pixel_values"] * 255).round_().clamp_(0, 255).to(torch.uint8) for batch in loader])
+    metadata = {"classes": json.dumps(names), "multi_label": json.dumps("labels" in split.features)}
+    return {"images": images, "labels": labels}, metadata
 
 
-def pretraining_dataset(recipe: Recipe):
-    """The mixed stream and, per source, its number of classes (None for unlabelled sources)."""
-    parts, classes = zip(*(_source_split(recipe, i) for i in range(len(recipe.sources))))
-    weights = [s.weight for s in recipe.sources]
-    mixed = interleave_datasets(
-        list(parts), probabilities=[w / sum(weights) for w in weights], seed=recipe.seed, stopping_strategy="all_exhausted"
-    ) if len(parts) > 1 else parts[0]
-    return mixed, list(classes)
+def load_source(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The cached tensors of a source, decoding (and caching) them on first use."""
+    path = cache_root(recipe) / f"{cache_key(source, recipe)}.safetensors"
+    if path.is_file():
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+        return load_file(path), metadata
+    tensors, metadata = _decode(source, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)  # atomic: another process never reads a half-written cache
+    return tensors, metadata
+
+
+def _classes(source: Source, metadata: dict[str, str]) -> int | None:
+    """The number of classes of a labelled source (None if unlabelled), checked against the recipe."""
+    if not source.labelled:
+        return None
+    if json.loads(metadata["multi_label"]):
+        raise ValueError(f"source {source.name!r} is multi-label; the supervised objective takes single-label "
+                         "sources (set labelled: false to use its images without labels)")
+    names = json.loads(metadata["classes"])
+    if not names:
+        raise ValueError(f"source {source.name!r} has no class labels; set labelled: false to use it unlabelled")
+    if source.num_classes is not None and source.num_classes != len(names):
+        raise ValueError(f"source {source.name!r}: the recipe says num_classes={source.num_classes} but the dataset "
+                         f"has {len(names)} classes {names}")
+    return len(names)
+
+
+@dataclass
+class PretrainingData:
+    """All sources in one tensor: `images (N, C, S, S)` uint8, `labels` and `sources` `(N,)`."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sources: torch.Tensor
+    offsets: torch.Tensor  # first row of each source
+    counts: torch.Tensor  # rows of each source
+    weights: torch.Tensor  # sampling probability of each source
+    classes: list  # per source: number of classes, or None if unlabelled
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device, max_fraction: float = 0.5) -> "PretrainingData":
+        """Move the tensors to `device` when the images take at most `max_fraction` of its free memory; otherwise
+        keep them in pinned host memory, from which each batch is gathered and copied asynchronously."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+        fits = device.type != "cuda" or self.images.nbytes <= max_fraction * torch.cuda.mem_get_info(device)[0]
+        images = self.images.to(device) if fits else self.images.pin_memory()
+        return PretrainingData(images, self.labels.to(device), self.sources.to(device), self.offsets, self.counts,
+                               self.weights, self.classes)
+
+    def sample(self, seed: int, batch: int, size: int) -> torch.Tensor:
+        """Row indices `(size,)` of global batch number `batch`, on the CPU: the same on every process and device."""
+        generator = step_generator(seed, batch, 0, stream="batch")
+        source = torch.multinomial(self.weights, size, replacement=True, generator=generator)
+        row = (torch.rand(size, generator=generator, dtype=torch.float64) * self.counts[source]).long()
+        return self.offsets[source] + row
+
+    def example_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Stable ids (source, row) of rows `index`, for the data-order log."""
+        source = torch.searchsorted(self.offsets, index, right=True) - 1
+        return source * ROW_STRIDE + index - self.offsets[source]
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """Images, labels and sources of rows `index` (CPU), on `device`, without waiting for it."""
+        on_device = index.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else index
+        if self.images.device.type == device.type:
+            images = self.images[on_device]
+        else:  # pinned host copy: gather on the host, copy asynchronously
+            images = self.images[index].pin_memory().to(device, non_blocking=True)
+        return {"images": images, "label": self.labels[on_device], "source": self.sources[on_device]}
+
+
+def pretraining_data(recipe: Recipe) -> PretrainingData:
+    """Every source of the recipe, decoded (or read from the cache) and validated, in one `PretrainingData`."""
+    parts, classes = [], []
+    for index, source in enumerate(recipe.sources):
+        tensors, metadata = load_source(source, recipe)
+        classes.append(_classes(source, metadata))
+        if not len(tensors["images"]):
+            raise ValueError(f"source {source.name!r} has no images in its train split")
+        labels = tensors["labels"] if classes[-1] else torch.full_like(tensors["labels"], -1)
+        parts.append((tensors["images"], labels, torch.full_like(labels, index)))
+    images, labels, sources = (torch.cat(column) for column in zip(*parts))
+    counts = torch.tensor([len(part[0]) for part in parts])
+    weights = torch.tensor([source.weight for source in recipe.sources], dtype=torch.float64)
+    return PretrainingData(images, labels, sources, torch.cumsum(counts, 0) - counts, counts, weights / weights.sum(), classes)
+
+
+__all__ = ["PretrainingData", "cache_key", "load_source", "pretraining_data"]

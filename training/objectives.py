@@ -1,5 +1,9 @@
-"""Pretraining objectives. Each is a module with its own head that turns a batch of views into a loss, given
-`encode(x) -> (feature_map, pooled)` of the shared MedNet backbone; `PretrainModel` weights and sums them."""
+"""Pretraining objectives on the features of the shared MedNet backbone, and `PretrainModel`, which runs the backbone
+once per crop resolution and weights and sums the objectives' losses.
+
+Every parameter takes part in every step's loss (supervised heads through a masked loss, not a branch on the batch's
+content), so DDP runs with `find_unused_parameters=False` and nothing reads a value back to the host.
+"""
 
 import math
 
@@ -12,25 +16,28 @@ from mednet_hf import MedNetModel
 
 
 class SupervisedObjective(nn.Module):
-    """The MedNet recipe: one linear head per labelled source, cross-entropy on that source's examples of the mixed
-    batch, averaged over the sources present with their `loss_weight`s."""
+    """The MedNet recipe: one linear head per labelled source, cross-entropy on that source's rows of the mixed
+    batch, averaged over the sources present with their `loss_weight`s. Every head sees every row and the loss masks
+    out the others, so the graph is the same whatever sources a batch holds."""
 
     def __init__(self, num_features: int, heads: list[tuple[int, int, float]]):
         """`heads`: (source index, number of classes, loss weight) for each labelled source."""
         super().__init__()
-        self.sources = [source for source, _, _ in heads]
-        self.loss_weights = [weight for _, _, weight in heads]
+        self.register_buffer("sources", torch.tensor([source for source, _, _ in heads]), persistent=False)
+        self.register_buffer("loss_weights", torch.tensor([weight for _, _, weight in heads]), persistent=False)
         self.heads = nn.ModuleList(nn.Linear(num_features, classes) for _, classes, _ in heads)
 
-    def forward(self, encode, batch: dict) -> torch.Tensor:
-        _, pooled = encode(batch["image"])
-        total, weights = pooled.sum() * 0.0, 0.0  # keeps the graph when no labelled example is in the batch
-        for source, weight, head in zip(self.sources, self.loss_weights, self.heads):
-            mask = (batch["source"] == source) & (batch["label"] >= 0)
-            if mask.any():
-                total = total + weight * F.cross_entropy(head(pooled[mask]).float(), batch["label"][mask])
-                weights += weight
-        return total / weights if weights else total
+    def forward(self, pooled: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        mask = (sources[None] == self.sources[:, None]) & (labels[None] >= 0)  # (heads, B)
+        per_head = []
+        for head, rows in zip(self.heads, mask):
+            # Rows of other sources get class 0 as a stand-in target; their loss is masked out below.
+            loss = F.cross_entropy(head(pooled).float(), torch.where(rows, labels, 0), reduction="none")
+            per_head.append((loss * rows).sum())
+        counts = mask.sum(dim=1)
+        present = self.loss_weights * (counts > 0)
+        total = (present * torch.stack(per_head) / counts.clamp_min(1)).sum()
+        return total / present.sum().clamp_min(1e-12)  # no labelled row: total is 0 and so is the loss
 
 
 @torch.no_grad()
@@ -67,16 +74,18 @@ class ContrastiveObjective(nn.Module):
         self.prototypes = nn.Linear(dim, prototypes, bias=False)
         self.temperature, self.epsilon, self.iterations = temperature, epsilon, sinkhorn_iterations
 
-    def forward(self, encode, batch: dict) -> torch.Tensor:
+    def forward(self, crops: torch.Tensor, batch: int) -> torch.Tensor:
+        """`crops`: pooled features of every crop, crop-major `(V * batch, F)`, the 2 global crops first."""
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        crops = list(batch["global_crops"].unbind(1)) + list(batch["local_crops"].unbind(1))
-        scores = [self.prototypes(F.normalize(self.projector(encode(c)[1]), dim=1)).float() for c in crops]
+        scores = self.prototypes(F.normalize(self.projector(crops), dim=1)).float().view(-1, batch, self.prototypes.out_features)
+        log_p = F.log_softmax(scores / self.temperature, dim=-1)
+        views = scores.shape[0]
         loss = 0.0
         for k in (0, 1):
             codes = sinkhorn(scores[k].detach(), self.epsilon, self.iterations)
-            others = [v for v in range(len(scores)) if v != k]
-            loss = loss + sum(-(codes * F.log_softmax(scores[v] / self.temperature, dim=1)).sum(1).mean() for v in others) / len(others)
+            cross = -(codes * log_p).sum(-1).mean(-1)  # (V,): predicting crop k's codes from each crop
+            loss = loss + (cross.sum() - cross[k]) / (views - 1)
         return loss / 2
 
 
@@ -94,15 +103,20 @@ class RestorationObjective(nn.Module):
         layers.append(nn.Conv2d(channels, out_channels, 1))
         self.decoder = nn.Sequential(*layers)
 
-    def forward(self, encode, batch: dict) -> torch.Tensor:
-        target = batch["genesis_target"]
-        restored = self.decoder(encode(batch["genesis_input"])[0])
+    def forward(self, feature_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        restored = self.decoder(feature_map)
         restored = F.interpolate(restored, size=target.shape[-2:], mode="bilinear", align_corners=False)
         return F.mse_loss(torch.sigmoid(restored.float()), target.float())
 
 
 class PretrainModel(nn.Module):
-    """The backbone plus one head per objective; `forward(batch)` returns each weighted loss and their sum."""
+    """The backbone plus one head per objective. `forward(views)` takes `PretrainViews`' output plus `label` and
+    `source` `(B,)`, and returns each weighted loss and their sum (`loss`).
+
+    The views are grouped by resolution, as in DINO's MultiCropWrapper: one backbone call for every full-size view
+    (supervised view, global crops and Models Genesis input, concatenated on the batch axis) and one for the local
+    crops. BatchNorm therefore normalises each call over all of its views together.
+    """
 
     def __init__(self, backbone: MedNetModel, objectives: dict, heads: list[tuple[int, int, float]], channels_last: bool):
         super().__init__()
@@ -112,10 +126,10 @@ class PretrainModel(nn.Module):
         self.register_buffer("std", torch.tensor(config.image_std).view(1, -1, 1, 1), persistent=False)
         self.channels_last = channels_last
         self.weights = {name: float(options.get("weight", 1.0)) for name, options in objectives.items()}
-        reduction = backbone.encoder.feature_info[-1]["reduction"]
+        reduction = backbone.get_encoder().feature_info[-1]["reduction"]
         built = {}
         for name, options in objectives.items():
-            options = {k: v for k, v in options.items() if k != "weight"}
+            options = {k: v for k, v in options.items() if k not in ("weight", "local_crops")}
             if name == "supervised":
                 built[name] = SupervisedObjective(config.num_features, heads)
             elif name == "contrastive":
@@ -124,14 +138,29 @@ class PretrainModel(nn.Module):
                 built[name] = RestorationObjective(config.num_features, config.num_channels, reduction, **options)
         self.objectives = nn.ModuleDict(built)
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x - self.mean) / self.std  # the variant's normalisation, after augmenting in [0, 1]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.backbone(x)
         return out.last_hidden_state, out.pooler_output
 
-    def forward(self, batch: dict) -> dict:
-        losses = {name: objective(self.encode, batch) for name, objective in self.objectives.items()}
+    def forward(self, views: dict) -> dict:
+        names = [name for name in ("image", "global_crops", "genesis_input") if name in views]
+        if "supervised" not in self.objectives:
+            names = [name for name in names if name != "image"]  # there only as the restoration target
+        feature_map, pooled = self.encode(torch.cat([views[name] for name in names]))
+        sizes = [views[name].shape[0] for name in names]
+        maps, pools = dict(zip(names, feature_map.split(sizes))), dict(zip(names, pooled.split(sizes)))
+        losses = {}
+        if "supervised" in self.objectives:
+            losses["supervised"] = self.objectives["supervised"](pools["image"], views["label"], views["source"])
+        if "contrastive" in self.objectives:
+            crops = pools["global_crops"]
+            if "local_crops" in views:
+                crops = torch.cat([crops, self.encode(views["local_crops"])[1]])
+            losses["contrastive"] = self.objectives["contrastive"](crops, views["global_crops"].shape[0] // 2)
+        if "restoration" in self.objectives:
+            losses["restoration"] = self.objectives["restoration"](maps["genesis_input"], views["image"])
         losses["loss"] = sum(self.weights[name] * loss for name, loss in losses.items())
         return losses

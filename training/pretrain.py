@@ -1,34 +1,37 @@
 """MedNet pretraining under Accelerate: the same code from one CPU process to many GPUs and nodes
 (`accelerate launch --config_file training/configs/accelerate_ddp.yaml -m mednet_hf.cli pretrain ...`).
 
+The data is decoded once into a uint8 tensor held on the device (`training.data`); each step gathers its rows,
+makes every view in batches on the device (`training.augment`) and runs the backbone once per crop resolution
+(`training.objectives`). Nothing is read back to the host between log steps.
+
 Checkpoints are written atomically every `checkpoint_every` steps (a temporary folder renamed into place) and
-hold the model, optimizer, scheduler, every process's RNG state and the data position; `resume` restores all
-of it, so a killed run continues with the same data order. The final backbone is exported with
-`save_pretrained` (safetensors, with its processor).
+hold the model, optimizer, scheduler and the step; rows and views are functions of (seed, step, rank), so a killed
+run resumes with the same data and the same views. The final backbone is exported with `save_pretrained`
+(safetensors), beside its processor.
 """
 
+import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import timm
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
 from safetensors import safe_open
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
-from mednet_hf.data import row_to_medical_image
 
-from .augment import PretrainViews
-from .data import pretraining_dataset
+from .augment import PretrainViews, step_generator
+from .data import pretraining_data
 from .objectives import PretrainModel
 from .recipe import Recipe, load_recipe
 
@@ -39,34 +42,27 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names it and what is wrong."""
 
 
-def _imagenet_init(backbone: MedNetModel) -> None:
+def _imagenet_init(backbone: MedNetModel, architecture: str) -> None:
     """Continual pretraining: start from timm's ImageNet weights (the first conv summed to one channel for gray)."""
-    config = backbone.config
     try:
-        source = timm.create_model(config.backbone, pretrained=True, num_classes=0, in_chans=config.num_channels)
+        source = timm.create_model(architecture, pretrained=True, num_classes=0, in_chans=backbone.config.num_channels)
     except Exception as e:  # offline, no such weights, hub error: all end the same way
         raise ValueError(
-            f"init: imagenet needs timm's pretrained weights for {config.backbone!r}, which could not be fetched "
+            f"init: imagenet needs timm's pretrained weights for {architecture!r}, which could not be fetched "
             f"({type(e).__name__}: {e}). Run once with network access (HF_HUB_OFFLINE unset) so timm caches them, "
             "or use init: scratch."
         ) from e
-    backbone.encoder.load_state_dict(source.state_dict())
+    backbone.get_encoder().load_state_dict(source.state_dict())
 
 
-def _batch_transform(recipe: Recipe, views: PretrainViews):
-    processor = MedNetImageProcessor(variant=recipe.variant, image_size=recipe.image_size, do_normalize=False)
-
-    def transform(batch: dict) -> dict:
-        images = [row_to_medical_image(batch, i) for i in range(len(batch["image"]))]
-        unit = processor(images, return_tensors="pt")["pixel_values"]
-        per_example = [views(image, index) for image, index in zip(unit, batch["index"])]
-        out = {key: torch.stack([v[key] for v in per_example]) for key in per_example[0]}
-        out["label"] = torch.tensor(batch["label"], dtype=torch.long)
-        out["source"] = torch.tensor(batch["source"], dtype=torch.long)
-        out["index"] = torch.tensor(batch["index"], dtype=torch.long)
-        return out
-
-    return transform
+def build_model(recipe: Recipe, heads: list[tuple[int, int, float]], imagenet: bool = False) -> PretrainModel:
+    """A MedNet backbone, freshly initialised or (`imagenet`) from timm's ImageNet weights, and the objectives' heads."""
+    config = MedNetConfig(architecture=recipe.backbone, variant=recipe.variant, image_size=recipe.image_size)
+    backbone = MedNetModel(config)
+    if imagenet:
+        _imagenet_init(backbone, recipe.backbone)
+    model = PretrainModel(backbone, recipe.objectives, heads, recipe.channels_last)
+    return model.to(memory_format=torch.channels_last) if recipe.channels_last else model
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -122,6 +118,22 @@ def _checksum(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _synchronized_time(device: torch.device) -> float:
+    """Wall time once the device has finished its queued work; called at the first and last step only."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _values(losses: dict) -> dict:
+    """The losses as floats, read back from the device in one transfer."""
+    return dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist())) if losses else {}
+
+
+def _order_lines(pending: list) -> str:
+    return "".join(json.dumps({"batch": batch, "index": ids.tolist()}) + "\n" for batch, ids in pending)
+
+
 def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) -> dict:
     """Run a recipe. `resume`: `"latest"` (the newest checkpoint in `output_dir`) or a checkpoint folder.
     Returns (and writes to `output_dir/results.json`) the run record."""
@@ -143,82 +155,98 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
 
     accelerator = Accelerator(
         mixed_precision=recipe.mixed_precision,
-        gradient_accumulation_steps=recipe.grad_accum,
         log_with="tensorboard",
         project_dir=str(output_dir),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # heads of absent sources
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Every parameter gets a gradient every step (the supervised loss is masked, not branched).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         # `steps` counts optimizer steps whatever the number of processes, so the schedule advances once per step
         # (Accelerate's default steps it once per process).
         step_scheduler_with_optimizer=False,
     )
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(recipe.seed)
-    with accelerator.main_process_first():  # one process builds the dataset caches, the others read them
-        dataset, classes = pretraining_dataset(recipe)
-    heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(classes, recipe.sources)) if c]
-
-    config = MedNetConfig(backbone=recipe.backbone, variant=recipe.variant, image_size=recipe.image_size)
-    backbone = MedNetModel(config)
-    if recipe.init == "imagenet" and checkpoint is None:
-        _imagenet_init(backbone)
-    model = PretrainModel(backbone, recipe.objectives, heads, recipe.channels_last)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    views = PretrainViews(recipe.image_size, recipe.objectives, recipe.seed)
-    loader = DataLoader(
-        dataset.with_transform(_batch_transform(recipe, views)), batch_size=recipe.batch_size, shuffle=True,
-        drop_last=True, num_workers=recipe.num_workers,
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
+        data = pretraining_data(recipe)
+    data = data.to(device)
+    set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
+    heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
+    model = build_model(recipe, heads, imagenet=recipe.init == "imagenet" and checkpoint is None)
+    views = PretrainViews.from_objectives(recipe.image_size, recipe.objectives)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                  fused=device.type == "cuda")
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if recipe.compile:
-        model = torch.compile(model)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    runner = torch.compile(model) if recipe.compile else model
+    runner_checked = runner is model  # a compiled model may fail on its first call: then train eagerly
 
-    step, batches_seen = 0, 0
+    step = 0
     if checkpoint:
         try:
             accelerator.load_state(str(checkpoint))
         except Exception as e:
             raise CheckpointError(f"checkpoint {checkpoint} does not load into this run ({type(e).__name__}: {e})") from e
-        step, batches_seen = saved["step"], saved["batches_seen"]
-    if len(loader) == 0:
-        raise ValueError(f"the mixed dataset ({len(dataset)} rows) gives no full batch of {recipe.batch_size} per process")
+        step = saved["step"]
 
     accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
-    order_log = output_dir / f"data_order-rank{accelerator.process_index}.jsonl"
+    # The data order, per process, written at log and checkpoint steps. After a resume the batches past the
+    # checkpoint appear twice; the later line is the one that counted.
+    order_log, pending = output_dir / f"data_order-rank{rank}.jsonl", []
     progress = tqdm(total=recipe.steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", unit="step")
-    images_per_step = recipe.batch_size * accelerator.num_processes * recipe.grad_accum
-    started, first_step, losses = time.perf_counter(), step, {}
+    images_per_step = recipe.batch_size * world * recipe.grad_accum
+    first_step, timed_from, started, losses = step, step, time.perf_counter(), {}
+    finished = started
+
+    def inputs(batch: int) -> dict:
+        """This process's rows of global batch number `batch`, and their views."""
+        index = data.sample(recipe.seed, batch, recipe.batch_size * world)[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
+        pending.append((batch + 1, data.example_ids(index)))
+        rows = data.batch(index, device)
+        made = views(rows["images"], step_generator(recipe.seed, batch, rank, device))
+        return made | {"label": rows["label"], "source": rows["source"]}
+
+    def forward_backward(module, views_and_labels: dict) -> dict:
+        out = module(views_and_labels)
+        accelerator.backward(out["loss"] / recipe.grad_accum)
+        return out
+
     while step < recipe.steps:
-        epoch, skip = divmod(batches_seen, len(loader))
-        views.epoch = epoch
-        loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            with accelerator.accumulate(model):
-                losses = model(batch)
-                accelerator.backward(losses["loss"])
-                optimizer.step()
-                optimizer.zero_grad()
-            batches_seen += 1
-            # The data order, per process. After a resume the batches past the checkpoint appear twice; the later
-            # line is the one that counted.
+        for micro in range(recipe.grad_accum):
+            micro_batch = inputs(step * recipe.grad_accum + micro)
+            # Gradients are all-reduced on the last micro-batch only.
+            with contextlib.nullcontext() if micro == recipe.grad_accum - 1 else accelerator.no_sync(model):
+                try:
+                    losses = forward_backward(runner, micro_batch)
+                except Exception as e:
+                    if runner_checked:
+                        raise
+                    warnings.warn(f"compile: true failed ({type(e).__name__}: {e}); training eagerly instead")
+                    optimizer.zero_grad(set_to_none=True)
+                    runner = model
+                    losses = forward_backward(runner, micro_batch)
+                runner_checked = True
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        if step == first_step + 1 and step < recipe.steps:  # leave the first step (compilation, warm-up) out of the rate
+            timed_from, started = step, _synchronized_time(device)
+        if step == recipe.steps:  # and the final checkpoint
+            finished = _synchronized_time(device)
+        logging = step % recipe.log_every == 0 or step == recipe.steps
+        checkpointing = step % recipe.checkpoint_every == 0 or step == recipe.steps
+        if logging or checkpointing:
             with open(order_log, "a") as f:
-                f.write(json.dumps({"batch": batches_seen, "index": batch["index"].tolist()}) + "\n")
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            scheduler.step()
-            rate = images_per_step * (step - first_step) / (time.perf_counter() - started)
-            progress.update(1)
-            progress.set_postfix(loss=f"{losses['loss'].item():.4f}", img_s=f"{rate:.0f}")
-            if step % recipe.log_every == 0 or step == recipe.steps:
-                accelerator.log({f"loss/{k}": v.item() for k, v in losses.items()} | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate}, step=step)
-            if step % recipe.checkpoint_every == 0 or step == recipe.steps:
-                _save_checkpoint(accelerator, output_dir, {"step": step, "batches_seen": batches_seen, "recipe": recipe.to_dict()}, recipe.keep_checkpoints)
-            if step >= recipe.steps:
-                break
+                f.write(_order_lines(pending))
+            pending.clear()
+        if logging:
+            values = _values(losses)
+            rate = images_per_step * (step - timed_from) / max(time.perf_counter() - started, 1e-9)
+            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+            accelerator.log({f"loss/{k}": v for k, v in values.items()}
+                            | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate}, step=step)
+        if checkpointing:
+            _save_checkpoint(accelerator, output_dir, {"step": step, "recipe": recipe.to_dict()}, recipe.keep_checkpoints)
     progress.close()
     unwrapped = accelerator.unwrap_model(model)
     checksums = gather_object([_checksum(unwrapped)])
@@ -226,14 +254,17 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
         "recipe": recipe.to_dict(),
         "steps": step,
         "processes": accelerator.num_processes,
-        "final_losses": {k: float(v.item()) for k, v in losses.items()},
-        "images_per_second": images_per_step * (step - first_step) / max(time.perf_counter() - started, 1e-9),
+        "final_losses": _values(losses),
+        # Source images per second over all processes, from the end of this run's first step (when more followed)
+        # to the end of its last, so neither compilation nor the final checkpoint counts.
+        "images_per_second": images_per_step * (step - timed_from) / max(finished - started, 1e-9),
         "rank_checksums": checksums,
         "ranks_identical": len(set(checksums)) == 1,
     }
     if accelerator.is_main_process:
         final = output_dir / "final"
-        unwrapped.backbone.save_pretrained(final)  # safetensors + config + processor + remote code
+        unwrapped.backbone.save_pretrained(final)
+        MedNetImageProcessor.from_model_config(unwrapped.backbone.config).save_pretrained(final)
         record["export"] = str(final)
         (output_dir / "results.json").write_text(json.dumps(record, indent=1))
     accelerator.wait_for_everyone()
@@ -241,4 +272,4 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     return record
 
 
-__all__ = ["CheckpointError", "pretrain"]
+__all__ = ["CheckpointError", "build_model", "pretrain"]

@@ -43,7 +43,7 @@ class Recipe:
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (GPUs)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model step"})
-    num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    num_workers: int = field(default=0, metadata={"help": "processes that decode the sources into the uint8 cache (first run only)"})
     cache_dir: str | None = field(
         default=None,
         metadata={"help": "where each source's decoded uint8 images are cached (default: <datasets cache>/mednet_pretrain)"},

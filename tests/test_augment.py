@@ -1,0 +1,111 @@
+"""Batched pretraining augmentations: shapes, range, determinism in (seed, step, rank), and what each Models Genesis
+corruption must preserve. All on the CPU, the same code the GPU runs."""
+
+import pytest
+import torch
+
+from mednet_hf.training.augment import PretrainViews, bezier_intensity, local_shuffle, paint, step_generator
+
+
+def _images(n=6, channels=1, size=28, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _views(images, seed=0, step=0, rank=0, **plan) -> dict:
+    return PretrainViews(images.shape[-1], **plan)(images, step_generator(seed, step, rank))
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 28), (1, 30)])
+def test_every_view_has_its_shape_and_stays_in_the_unit_range(channels, size):
+    n = 5
+    views = _views(_images(n, channels, size), local_crops=3)
+    expected = {
+        "image": (n, channels, size, size),
+        "global_crops": (2 * n, channels, size, size),
+        "local_crops": (3 * n, channels, size // 2, size // 2),
+        "genesis_input": (n, channels, size, size),
+    }
+    assert {k: tuple(v.shape) for k, v in views.items()} == expected
+    for name, view in views.items():
+        assert view.dtype == torch.float32 and view.device.type == "cpu", name
+        assert 0 <= view.min() and view.max() <= 1 and torch.isfinite(view).all(), name
+
+
+@pytest.mark.parametrize(
+    "plan,keys",
+    [
+        ({"contrastive": False, "restoration": False}, {"image"}),
+        ({"supervised": False, "restoration": False}, {"global_crops", "local_crops"}),
+        ({"supervised": False, "contrastive": False}, {"image", "genesis_input"}),  # the light view is the target
+        ({"restoration": False, "local_crops": 0}, {"image", "global_crops"}),
+    ],
+)
+def test_only_the_views_the_objectives_need_are_made(plan, keys):
+    assert set(_views(_images(2), **plan)) == keys
+
+
+def test_views_are_a_function_of_seed_step_and_rank():
+    images = _images()
+    first, again = _views(images, seed=3, step=7, rank=1), _views(images, seed=3, step=7, rank=1)
+    for name in first:
+        assert torch.equal(first[name], again[name]), name
+    for other in (_views(images, seed=3, step=8, rank=1), _views(images, seed=3, step=7, rank=0), _views(images, seed=4, step=7, rank=1)):
+        for name in first:
+            assert not torch.equal(first[name], other[name]), name
+
+
+def test_uint8_and_unit_float_inputs_give_the_same_views():
+    images = _images()
+    from_uint8, from_float = _views(images), _views(images.float() / 255)
+    for name in from_uint8:
+        torch.testing.assert_close(from_uint8[name], from_float[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_each_image_gets_its_own_crop():
+    same = _images(1).expand(4, -1, -1, -1)
+    views = _views(same)
+    assert len({tuple(view.flatten().tolist()) for view in views["image"]}) == 4
+
+
+def test_local_shuffle_permutes_pixels_inside_tiles_and_leaves_the_rest():
+    x = torch.rand(4, 3, 10, 10)
+    block = 3  # 3×3 tiles cover 9×9; the last row and column stay in place
+    apply = torch.tensor([True, True, False, True])
+    out = local_shuffle(x, step_generator(0, 0, 0), apply, block, block_p=1.0)
+    assert torch.equal(out[2], x[2]) and torch.equal(out[..., 9:, :], x[..., 9:, :]) and torch.equal(out[..., 9], x[..., 9])
+
+    def tiles(t):
+        n, c = t.shape[:2]
+        return t[..., :9, :9].reshape(n, c, 3, 3, 3, 3).permute(0, 1, 2, 4, 3, 5).reshape(n, c, 9, 9)
+
+    assert torch.equal(tiles(out).sort(dim=-1).values, tiles(x).sort(dim=-1).values)  # each tile keeps its pixels
+    assert not torch.equal(out[0], x[0])
+    # One permutation per tile for all channels: channel 1 - channel 0 moves with the pixels.
+    torch.testing.assert_close(tiles(out[:, 1:] - out[:, :1]).sort(-1).values, tiles(x[:, 1:] - x[:, :1]).sort(-1).values)
+
+
+def test_bezier_curve_is_monotone_per_image_and_identity_where_not_applied():
+    ramp = torch.linspace(0, 1, 100).view(1, 1, 10, 10).repeat(8, 1, 1, 1)
+    apply = torch.tensor([True] * 7 + [False])
+    out = bezier_intensity(ramp, step_generator(1, 0, 0), apply)
+    torch.testing.assert_close(out[7], ramp[7], rtol=0, atol=1e-6)
+    steps = out[:7].flatten(1).diff(dim=1)
+    assert ((steps >= -1e-6).all(dim=1) | (steps <= 1e-6).all(dim=1)).all()  # increasing or inverted curve
+    assert 0 <= out.min() and out.max() <= 1 and not torch.allclose(out[:7], ramp[:7], atol=1e-3)
+
+
+def test_painting_replaces_whole_regions_only_where_applied():
+    x = torch.full((16, 1, 28, 28), 2.0)  # outside [0, 1]: any painted pixel is noise in [0, 1)
+    apply = torch.arange(16) % 4 != 0
+    out = paint(x, step_generator(2, 0, 0), apply)
+    painted = out < 1
+    assert not painted[~apply].any()
+    assert painted[apply].flatten(1).any(dim=1).all()
+    assert (painted[apply].flatten(1).float().mean(dim=1) < 1).all()  # some of every image is kept
+
+
+def test_step_generator_streams_are_independent():
+    draws = {(seed, step, rank, stream): torch.rand(4, generator=step_generator(seed, step, rank, stream=stream))
+             for seed in (0, 1) for step in (0, 1) for rank in (0, 1) for stream in ("views", "batch")}
+    values = [tuple(v.tolist()) for v in draws.values()]
+    assert len(set(values)) == len(values)
