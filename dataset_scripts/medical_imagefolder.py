@@ -6,6 +6,10 @@
   a file is DICOM by its content, whatever its name.
 - Labels come from the first sub-folder below `data_dir` (`scans/pneumonia/x.dcm` → "pneumonia"), or from a CSV
   (`labels_csv=`): `path,label` for one label per image, or `path` plus one 0/1 column per class for multi-label.
+  Images of the folder that the CSV does not list are left out, and the build logs a warning with their count.
+  Images lying at the top of `data_dir` beside class sub-folders have no label: the build stops with their count
+  and names (move them into a class folder, list them in a CSV, or pass `drop_labels=True` for a dataset without
+  labels). A folder of images with no sub-folders gives a dataset without labels.
 - First-level folders named like splits (`train/`, `validation/` or `val/`, `test/`: datasets' `SPLIT_KEYWORDS`)
   become the dataset's splits, with the class folders below them (`scans/train/pneumonia/x.dcm`).
 - DICOM files become one volume only when they are slices of one volume (`medical_io.is_one_volume`: one series,
@@ -17,13 +21,19 @@
   row gives the same `pixel_values` as its file. Columns: image, label or labels, source_file, slice_index,
   modality, pixel_spacing, voi, photometric_interpretation (+ `phi` with `include_phi=True`; patient identifiers
   are dropped otherwise).
+- `source_file` is the path relative to `data_dir`, except that a DICOM UID in a file or folder name (files named
+  after their SOPInstanceUID, folders after their StudyInstanceUID/SeriesInstanceUID, as PACS exports do) is
+  replaced by `uid-` and the first 16 hex digits of the UID's SHA-256: stable across builds, distinct per UID, and
+  not the UID. Class names taken from such folders are replaced the same way.
 - Unreadable files are reported with their count and paths: `on_error="fail"` (default) raises once all files
   were tried, `on_error="skip"` logs them and goes on.
 """
 
 import csv
+import hashlib
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +55,14 @@ from ._common import DataFileError, MedicalBuilder
 
 logger = logging.getLogger(__name__)
 
+# A DICOM UID (PS3.5 9.1): numeric components without leading zeros, the first 0, 1 or 2; at least four of them.
+_UID = re.compile(r"(?<![0-9.])[0-2](?:\.(?:0|[1-9][0-9]*)){3,}(?![0-9])")
+
+
+def public_name(path: str) -> str:
+    """`path` with every DICOM UID in it replaced by `uid-<first 16 hex digits of its SHA-256>`."""
+    return _UID.sub(lambda m: "uid-" + hashlib.sha256(m.group().encode()).hexdigest()[:16], path)
+
 
 @dataclass
 class MedicalImageFolderConfig(datasets.BuilderConfig):
@@ -53,6 +71,7 @@ class MedicalImageFolderConfig(datasets.BuilderConfig):
     slice_stride: int = 1
     include_phi: bool = False
     on_error: str = "fail"
+    drop_labels: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -110,11 +129,25 @@ class MedicalImageFolder(MedicalBuilder):
         inside = {rel: rel.split("/", 1)[1] if by_split else rel for rel in files}
 
         multi_label = False
-        if self.config.labels_csv:
+        if self.config.drop_labels:
+            labels = None
+        elif self.config.labels_csv:
             labels, multi_label = self._labels_from_csv(root, files)
+            left_out = [rel for rel in files if rel not in labels]
+            if left_out:  # a CSV may choose a subset, but the user must see what was left out
+                logger.warning("%s lists %d of the %d images under %s; the other %d are left out of the dataset: %s",
+                               self.config.labels_csv, len(files) - len(left_out), len(files), root, len(left_out),
+                               left_out[:20])
             files = {k: v for k, v in files.items() if k in labels}
-        elif all("/" in rest for rest in inside.values()):
-            labels = {rel: inside[rel].split("/", 1)[0] for rel in files}
+        elif any("/" in rest for rest in inside.values()):
+            loose = [rel for rel, rest in inside.items() if "/" not in rest]
+            if loose:  # they would silently turn folder labels off for the whole set
+                raise DataFileError(
+                    f"{root}: {len(loose)} image(s) lie beside the class sub-folders ({len(files) - len(loose)} images), "
+                    f"so they have no label: {loose[:20]}. Move them into a class folder, give every image a label in "
+                    "labels_csv, or pass drop_labels=True to build the dataset without labels."
+                )
+            labels = {rel: public_name(inside[rel].split("/", 1)[0]) for rel in files}
         else:
             labels = None
 
@@ -184,7 +217,7 @@ class MedicalImageFolder(MedicalBuilder):
     def _row(self, rel: str, index, image: MedicalImage, label):
         row = {
             "image": image.pixels,
-            "source_file": rel,
+            "source_file": public_name(rel),
             "slice_index": index,
             "modality": image.modality,
             "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,

@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ._common import MedicalBuilder, require_file, verify_md5
+from ._common import DataFileError, MedicalBuilder, require_file, verify_md5
 from .medmnist_files import SUBSETS, ZENODO_RECORD, filename, url
 
 SIZES = (28, 64, 128, 224)
@@ -77,6 +77,13 @@ class MedMNIST(MedicalBuilder):
         multi_label = SUBSETS[self.config.subset]["task"] == MULTI_LABEL
         with np.load(path) as npz:
             images, labels = npz[f"{prefix}_images"], npz[f"{prefix}_labels"]
+        if labels.ndim == 1 and not multi_label:  # re-saved copies may keep (N,) labels instead of (N, 1)
+            labels = labels[:, None]
+        if labels.ndim != 2 or len(labels) != len(images):
+            raise DataFileError(
+                f"{path}: {prefix}_labels has shape {labels.shape} for {len(images)} images; MedMNIST files hold "
+                f"(N, 1) class labels, or (N, classes) 0/1 columns for multi-label subsets"
+            )
         for index, (image, label) in enumerate(zip(images, labels)):
             if multi_label:
                 yield index, {"image": image, "labels": np.flatnonzero(label).tolist()}

@@ -201,16 +201,82 @@ def _run_benchmark(args) -> None:
     print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s; results: {Path(args.output_dir) / 'results.json'}")
 
 
+def _add_inference_commands(commands) -> None:
+    p = commands.add_parser("predict", help="classify files, folders, DICOM series and NIfTI volumes with a fine-tuned model (CSV)")
+    p.add_argument("--model", required=True, help="a saved MedNet classifier (e.g. a finetune run's best/)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (searched recursively)")
+    p.add_argument("--output", required=True, help="the CSV to write: path, slice, top-k labels and probabilities")
+    p.add_argument("--top-k", type=int, default=5, help="labels per row (default: 5, or as many as the model has)")
+    p.add_argument("--features", help="also write the pooled features here (safetensors; row i = CSV row i)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2], help="volume axis to slice (default 2: axial for NIfTI)")
+    p.add_argument("--slice-stride", type=int, default=1, help="every n-th slice or frame (default: all of them)")
+    p.add_argument("--slice-index", type=int, help="only this slice of each volume")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)")
+
+    e = commands.add_parser("evaluate", help="score a fine-tuned model on a dataset split (results.json, calibration plot)")
+    e.add_argument("--model", required=True, help="a saved MedNet classifier (e.g. a finetune run's best/)")
+    e.add_argument("--dataset", required=True, help="medmnist:<subset>, imagefolder, chestxray14 (as for finetune)")
+    e.add_argument("--data-dir", help="local files (image folder, MedMNIST .npz, ...)")
+    e.add_argument("--split", default="test", help="the split to score (default: test)")
+    e.add_argument("--size", type=int, help="MedMNIST image size")
+    e.add_argument("--output-dir", default="runs/evaluate", help="where results.json and calibration.png go")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--no-checks", action="store_true", help="accept data files whose md5 differs from the official one")
+    e.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="dataset builder option")
+
+    x = commands.add_parser("export", help="export a saved MedNet to ONNX (dynamic batch), processor beside it")
+    x.add_argument("--model", required=True, help="a saved MedNet folder")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--output-dir", help="where model.onnx, config.json and preprocessor_config.json go (default: MODEL/onnx)")
+    x.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+
+
+def _run_predict(args) -> None:
+    from .predict import predict
+
+    rows, unreadable = predict(args.model, args.inputs, args.output, top_k=args.top_k, batch_size=args.batch_size,
+                               features=args.features, slice_axis=args.slice_axis, slice_stride=args.slice_stride,
+                               slice_index=args.slice_index, strict=args.strict, device=args.device)
+    print(f"{rows} rows written to {args.output}" + (f"; features: {args.features}" if args.features else ""))
+    if unreadable:
+        print(f"{len(unreadable)} unreadable input(s), not predicted:", file=sys.stderr)
+        for item in unreadable:
+            print(f"  {item.path}: {item.reason}", file=sys.stderr)
+
+
+def _run_evaluate(args) -> None:
+    from .evaluate_model import evaluate_model
+
+    record = evaluate_model(args.model, args.dataset, args.data_dir, args.output_dir, split=args.split, size=args.size,
+                            batch_size=args.batch_size, no_checks=args.no_checks, options=dict(args.option))
+    prefix = "eval" if args.split == "validation" else args.split
+    shown = {k: record[args.split].get(f"{prefix}_{k}") for k in ("auroc", "accuracy", "balanced_accuracy", "f1")}
+    print(f"{args.split} ({record['rows']} images): " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items() if v is not None))
+    print(f"results: {Path(args.output_dir) / 'results.json'}; calibration plot: {Path(args.output_dir) / 'calibration.png'}")
+
+
+def _run_export(args) -> None:
+    from .export import export_onnx
+
+    result = export_onnx(args.model, args.output_dir or Path(args.model) / "onnx", opset=args.opset)
+    fallback = "" if result["exporter"] == "dynamo" else " (the dynamo exporter failed: TorchScript exporter used, see the warning)"
+    print(f"exported {args.model} to {result['path']} (output {result['output']}, dynamic batch){fallback}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mednet", description="MedNet: medical image backbones for transformers")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(commands)
     _add_training_commands(commands)
     _add_hub_commands(commands)
+    _add_inference_commands(commands)
     args = parser.parse_args(argv)
     try:
         {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "benchmark": _run_benchmark,
-         "push": _run_push, "hub": _run_hub}[args.command](args)
+         "push": _run_push, "hub": _run_hub, "predict": _run_predict, "evaluate": _run_evaluate,
+         "export": _run_export}[args.command](args)
     except ValueError as e:  # our errors say what is wrong and what to do; no traceback needed
         print(f"mednet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import copy
 import json
 
 import torch
-from datasets import DatasetDict, Features, Sequence
+from datasets import ClassLabel, DatasetDict, Features, Sequence
 from datasets.exceptions import DatasetGenerationError
 
 from .builders import DRIVE, ChestXray14, MedicalImageFolder, MedMNIST
@@ -70,6 +70,16 @@ def load_medical_dataset(
     return builder.as_dataset()
 
 
+def class_names(features: Features, dataset: str) -> tuple[list[str], bool]:
+    """A classification set's class names and whether it is multi-label (a `label` ClassLabel, or a `labels`
+    Sequence of them); a clear error for a set without classes."""
+    if isinstance(features.get("label"), ClassLabel):
+        return list(features["label"].names), False
+    if isinstance(features.get("labels"), Sequence) and isinstance(features["labels"].feature, ClassLabel):
+        return list(features["labels"].feature.names), True
+    raise ValueError(f"{dataset} has no class labels (a `label` or multi-label `labels` column): it is not a classification set")
+
+
 def row_to_medical_image(batch: dict, index: int, image_column: str = "image") -> MedicalImage:
     """Rebuild the `MedicalImage` of row `index` of a batch: the decoded pixels, read as the processor reads a
     file (`medical_io.from_pil`), plus the columns the image-folder builder stores for the intensity step (other
@@ -117,4 +127,4 @@ def medical_transform(processor, features: Features, image_column: str = "image"
     return transform
 
 
-__all__ = ["BUILDERS", "load_medical_dataset", "medical_transform", "row_to_medical_image"]
+__all__ = ["BUILDERS", "class_names", "load_medical_dataset", "medical_transform", "row_to_medical_image"]

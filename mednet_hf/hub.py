@@ -1,11 +1,16 @@
 """Publishing to the Hugging Face Hub: datasets as parquet shards with a dataset card, and saved MedNet models
 (safetensors, processor, remote code) with a model card, each in one commit."""
 
+import io
 import json
 import logging
 from pathlib import Path
 
-from datasets import ClassLabel, DatasetDict, Sequence
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+from datasets import ClassLabel, DatasetDict, Image, Sequence
+from datasets.features.image import encode_np_array
 from huggingface_hub import DatasetCard, hf_hub_download
 
 from .bundled import REMOTE_CODE
@@ -31,6 +36,66 @@ def _class_names(dataset) -> list[str]:
     return []
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The chunks that make a PNG's pixels; text (tEXt, zTXt, iTXt), time, ICC profiles and the rest are metadata.
+PNG_PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+# Further training files the Trainer writes into a saved model folder: never uploaded, whatever their format.
+TRAINER_FILES = ("training_args.bin",)
+
+
+def _png_pixel_chunks(data: bytes) -> bytes | None:
+    """A PNG with its pixel chunks only, or `None` where that is not enough: not a PNG, a truncated one, or one with
+    an eXIf chunk (its orientation changes what `datasets` decodes, so such images are re-encoded instead)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept, position = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        kind = data[position + 4 : position + 8]
+        end = position + 12 + int.from_bytes(data[position : position + 4], "big")
+        if end > len(data) or kind == b"eXIf":
+            return None
+        if kind in PNG_PIXEL_CHUNKS:
+            kept.append(data[position:end])
+        if kind == b"IEND":
+            return b"".join(kept)
+        position = end
+    return None
+
+
+def pixels_only(value: dict | None) -> dict | None:
+    """One undecoded image cell (`{"bytes", "path"}`) → the same pixels with no file metadata and no file name.
+
+    A PNG keeps only its pixel chunks (lossless, no re-encoding); anything else (JPEG, TIFF, ...) is decoded, turned
+    upright by its EXIF orientation as `datasets` does when decoding, and re-encoded losslessly as `datasets` encodes
+    arrays. So no PNG text chunk, EXIF block, TIFF tag or embedded file name leaves with a pushed image."""
+    if value is None or (value.get("bytes") is None and not value.get("path")):
+        return value
+    data = value["bytes"] if value.get("bytes") is not None else Path(value["path"]).read_bytes()
+    clean = _png_pixel_chunks(data)
+    if clean is None:
+        with PIL.Image.open(io.BytesIO(data)) as opened:
+            image = PIL.ImageOps.exif_transpose(opened)
+            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):  # not plain pixel arrays
+                image = image.convert("RGBA" if "A" in image.mode or "a" in image.mode or "transparency" in image.info else "RGB")
+            clean = encode_np_array(np.asarray(image))["bytes"]
+    return {"bytes": clean, "path": None}
+
+
+def _strip_image_metadata(dataset: DatasetDict) -> DatasetDict:
+    """Every `Image` column of every split with `pixels_only` applied (builders that keep file paths, such as
+    ChestX-ray14's PNGs, would otherwise upload the files byte for byte)."""
+    out = {}
+    for split, part in dataset.items():
+        for column, feature in part.features.items():
+            if isinstance(feature, Image):
+                part = part.cast_column(column, Image(decode=False)).map(
+                    lambda batch, column=column: {column: [pixels_only(v) for v in batch[column]]},
+                    batched=True, desc=f"{split}: image pixels only",
+                ).cast_column(column, feature)
+        out[split] = part
+    return DatasetDict(out)
+
+
 def push_dataset(
     dataset: DatasetDict,
     repo_id: str,
@@ -48,7 +113,8 @@ def push_dataset(
     """Push `dataset` as parquet shards (`DatasetDict.push_to_hub`), then its dataset card: license, citation,
     provenance, splits, class names. Returns the dataset's commit sha.
 
-    A dataset with a `phi` column (built with `include_phi=True`) is refused unless `allow_phi=True`.
+    A dataset with a `phi` column (built with `include_phi=True`) is refused unless `allow_phi=True`. Images are
+    uploaded as pixels only (`pixels_only`): no file metadata and no file names.
     `checksums_verified=False` (a build with md5 checks off) is stated in the card.
     """
     first = next(iter(dataset.values()))
@@ -60,6 +126,7 @@ def push_dataset(
     info = first.info
     if config is None and info.config_name not in (None, "default"):
         config = info.config_name  # e.g. "organamnist_28", as the builder named it
+    dataset = _strip_image_metadata(DatasetDict(dataset))
     dataset.push_to_hub(
         repo_id, private=private, token=token, revision=revision, max_shard_size=max_shard_size,
         commit_message=f"Upload {builder}{f' {config}' if config else ''} (mednet_hf)",
@@ -105,9 +172,11 @@ class PushError(RuntimeError):
 
 
 def check_model_folder(folder) -> list[Path]:
-    """The files of a saved MedNet that go to the Hub; refuses pickled weights and incomplete folders."""
+    """The files of a saved MedNet that go to the Hub; refuses pickled weights and incomplete folders. The Trainer's
+    `training_args.bin` (its pickled arguments, not weights) is left out: a Trainer output folder pushes as is."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "README.md")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.name != "README.md" and p.name not in TRAINER_FILES)
     pickled = [p.name for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     if pickled:
         raise ValueError(f"{folder}: pickled weights {pickled}; MedNet checkpoints are pushed as safetensors only")

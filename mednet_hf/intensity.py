@@ -18,7 +18,10 @@ datasets and training.
 3. **Polarity.** DICOM MONOCHROME1 images are inverted (`1 - x`), so 1 is always the brightest pixel.
 4. **Channels.** A gray image for a color model (3 channels) is replicated. A color image for a gray model is
    converted to luma, `0.299 R + 0.587 G + 0.114 B` (ITU-R BT.601, PIL's rule), except that an RGB image whose
-   three channels are equal is a gray image stored as RGB and keeps that gray exactly. Alpha is dropped.
+   three channels are equal is a gray image stored as RGB and keeps that gray exactly. Alpha is dropped. A gray
+   model given 3-channel `pixel_values` (RGB pipelines such as transformers' `run_image_classification.py`) applies
+   the same rule itself; since the weights sum to 1 and the gray variant normalises every channel with one
+   mean/std, the luma of the normalised channels is the normalised luma.
 
 After this the processor resizes (short side to `image_size / crop_pct`, bilinear, antialiased), center-crops to
 `image_size` and normalises with the variant's mean and std. Empty images and NaN/inf values are errors.

@@ -252,8 +252,31 @@ def _fill_missing_encoding(ds):
     return ds
 
 
+def _pixel_data_mismatch(ds) -> str | None:
+    """For uncompressed pixel data, why it holds at least a whole frame more than the header's image size, or `None`.
+    pydicom would read whole surplus frames as more frames (so BitsAllocated 8 on 16-bit data becomes two images):
+    that is a wrong header, not an image."""
+    ts = ds.file_meta.TransferSyntaxUID
+    if ts.is_compressed or "PixelData" not in ds or not all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
+        return None
+    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    samples, frames = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("NumberOfFrames", 1) or 1)
+    frame_bytes = -(-rows * columns * samples * bits // 8)
+    stored = len(ds.PixelData)
+    if frame_bytes and stored - frame_bytes * frames >= frame_bytes:
+        return (
+            f"PixelData holds {stored} bytes but the header describes {frame_bytes * frames} (Rows {rows} × Columns "
+            f"{columns} × SamplesPerPixel {samples} × NumberOfFrames {frames} × BitsAllocated {bits} / 8); "
+            "BitsAllocated, the image size or NumberOfFrames in the header is wrong"
+        )
+    return None
+
+
 def _decode(ds, name: str) -> np.ndarray:
     ts = ds.file_meta.TransferSyntaxUID
+    mismatch = _pixel_data_mismatch(ds)
+    if mismatch:  # too few bytes fail in pydicom below, as a truncated file
+        raise MedicalImageError(f"{name}: {mismatch}")
     try:
         return ds.pixel_array
     except Exception as e:
@@ -328,6 +351,18 @@ def _modality_values(ds, pixels: np.ndarray, name: str) -> np.ndarray:
     return storable(pydicom.pixels.apply_modality_lut(pixels, ds))
 
 
+def _palette_rgb(rgb: np.ndarray, ds) -> np.ndarray:
+    """pydicom's palette output spans the LUT entries' range, [0, 2**bits - 1]: as uint8 where that is exact (8-bit
+    entries, and 16-bit ones holding 8-bit colours × 257, as most palettes do), else as float32 in [0, 1]. Either way
+    the intensity rule then maps the palette's own range onto [0, 1], not the image's min–max."""
+    bits = int(ds.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])[2])
+    if rgb.dtype == np.uint8 or bits == 8:
+        return rgb.astype(np.uint8)
+    if not np.any(rgb % 257):
+        return (rgb // 257).astype(np.uint8)
+    return (rgb / float(2**bits - 1)).astype(np.float32)
+
+
 def read_dicom(source, include_phi: bool = False) -> MedicalImage:
     """Read a DICOM file (path, file object or `pydicom.Dataset`) into a `MedicalImage` in modality units.
 
@@ -351,7 +386,7 @@ def read_dicom(source, include_phi: bool = False) -> MedicalImage:
     photometric = str(ds.PhotometricInterpretation)
     voi = None
     if photometric == "PALETTE COLOR":
-        pixels, photometric = pydicom.pixels.apply_color_lut(pixels, ds), "RGB"
+        pixels, photometric = _palette_rgb(pydicom.pixels.apply_color_lut(pixels, ds), ds), "RGB"
     elif int(ds.get("SamplesPerPixel", 1)) == 1:
         pixels = _modality_values(ds, pixels, name)
         voi = _voi_module(ds, name)

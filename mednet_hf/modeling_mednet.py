@@ -27,6 +27,7 @@ from transformers.modeling_outputs import (
 from transformers.models.timm_wrapper.modeling_timm_wrapper import TimmWrapperPreTrainedModel
 
 from .configuration_mednet import VARIANTS, MedNetConfig
+from .intensity import LUMA_WEIGHTS
 
 # Checkpoints hold timm's own names (`conv1.weight`); the modules live under `timm_model.`.
 register_checkpoint_conversion_mapping(MedNetConfig.model_type, [PrefixChange(prefix_to_add="timm_model")], overwrite=True)
@@ -51,12 +52,24 @@ def _create_timm_model(config: MedNetConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def _check_pixel_values(pixel_values: torch.Tensor, config: MedNetConfig) -> None:
+def _check_pixel_values(pixel_values: torch.Tensor, config: MedNetConfig) -> torch.Tensor:
+    """The model's input, shape checked. A gray model given 3 channels takes their luma (`intensity.LUMA_WEIGHTS`,
+    the convention's channel rule; equal channels stay that gray exactly), so RGB pipelines built from the
+    processor's `size`/`image_mean`/`image_std`, such as transformers' `run_image_classification.py`, work: with the
+    gray variant's one mean/std on every channel, the luma of normalised channels is the normalised luma, because
+    the weights sum to 1."""
+    if pixel_values.ndim == 4 and config.num_channels == 1 and pixel_values.shape[1] == 3:
+        weights = torch.as_tensor(LUMA_WEIGHTS, dtype=pixel_values.dtype, device=pixel_values.device)
+        luma = torch.einsum("c,bchw->bhw", weights, pixel_values)[:, None]
+        gray = ((pixel_values[:, 0] == pixel_values[:, 1]) & (pixel_values[:, 0] == pixel_values[:, 2])).flatten(1).all(1)
+        return torch.where(gray[:, None, None, None], pixel_values[:, :1], luma)
     if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
         raise ValueError(
-            f"MedNet ({config.variant}) expects pixel_values of shape (batch, {config.num_channels}, height, width), "
-            f"got {tuple(pixel_values.shape)}. Use MedNetImageProcessor, which applies the channel policy."
+            f"MedNet ({config.variant}) expects pixel_values of shape (batch, {config.num_channels}, height, width)"
+            f"{' (or 3 channels, taken as luma)' if config.num_channels == 1 else ''}, got {tuple(pixel_values.shape)}. "
+            "Use MedNetImageProcessor, which applies the channel policy."
         )
+    return pixel_values
 
 
 class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
@@ -162,7 +175,7 @@ class MedNetModel(MedNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        _check_pixel_values(pixel_values, self.config)
+        pixel_values = _check_pixel_values(pixel_values, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_hidden_states:
@@ -217,7 +230,7 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(batch, C, H, W)` → last feature map `(batch, num_features, h, w)`."""
-        _check_pixel_values(pixel_values, self.config)
+        pixel_values = _check_pixel_values(pixel_values, self.config)
         return self.timm_model.forward_features(pixel_values)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -247,7 +260,7 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        _check_pixel_values(pixel_values, self.config)
+        pixel_values = _check_pixel_values(pixel_values, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_hidden_states:
@@ -289,7 +302,7 @@ class MedNetBackbone(BackboneMixin, MedNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
-        _check_pixel_values(pixel_values, self.config)
+        pixel_values = _check_pixel_values(pixel_values, self.config)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         wanted = None if output_hidden_states else list(self.out_indices)

@@ -8,13 +8,16 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
+import real_variants as rv
+import torch
 from conftest import data_path
 from oracles import pydicom_unit
 from datasets.distributed import split_dataset_by_node
 
 from mednet_hf.builders import DataFileError, MedMNIST
 from mednet_hf.builders.medmnist_files import SUBSETS
-from mednet_hf import MedNetImageProcessor, read_dicom_series
+from mednet_hf import MedNetImageProcessor, read_dicom, read_dicom_series
+from mednet_hf.intensity import to_unit_range
 from mednet_hf.cli import main as cli_main
 from mednet_hf.data import load_medical_dataset, medical_transform
 
@@ -238,3 +241,79 @@ def test_two_ranks_see_disjoint_examples_that_cover_the_split(organamnist):
     seen = [{row["index"] for row in split_dataset_by_node(stream, rank=rank, world_size=2)} for rank in (0, 1)]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert seen[0] | seen[1] == set(range(split.num_rows))
+
+
+# ---------------------------------------------------------------------------------------------------- issue 11
+
+
+def test_radiographs_sharing_a_series_uid_stay_single_images(tmp_path, cache_dir):
+    """Item 5: two radiographs (same pixels, one MONOCHROME1) that share a SeriesInstanceUID in one class folder are
+    two rows, each with its own photometric interpretation and file name; the MONOCHROME1 one is inverted."""
+    rv.fake_series_pair(tmp_path / "xray" / "chest")
+    rv.renamed_dicom(tmp_path / "xray" / "other" / "mr.dcm")
+    ds = load_medical_dataset("imagefolder", data_dir=tmp_path / "xray", cache_dir=cache_dir)["train"]
+    rows = {row["source_file"]: row for row in ds}
+    assert set(rows) == {"chest/cr.dcm", "chest/cr_monochrome1.dcm", "other/mr.dcm"}
+    assert rows["chest/cr.dcm"]["photometric_interpretation"] == "MONOCHROME2"
+    assert rows["chest/cr_monochrome1.dcm"]["photometric_interpretation"] == "MONOCHROME1"
+    plain = MedNetImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)
+    values = {ds[i]["source_file"]: ds.with_transform(medical_transform(plain, ds.features))[i]["pixel_values"] for i in range(len(ds))}
+    torch.testing.assert_close(values["chest/cr_monochrome1.dcm"], 1 - values["chest/cr.dcm"], rtol=0, atol=1e-6)
+
+
+def test_series_slices_keep_their_own_window():
+    """Item 2: the shared MR series has a window per slice; every slice of the volume gives what its file alone
+    gives, and the middle slice does not clip (with the first slice's window, 25.8% of it clipped to white)."""
+    folder = data_path("dicom_series/mr_t1_vestibular_schwannoma")
+    files = sorted(folder.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    volume = read_dicom_series(folder)
+    windows = {tuple(map(float, (h.WindowCenter, h.WindowWidth))) for h in (pydicom.dcmread(p, stop_before_pixels=True) for p in files)}
+    assert len(windows) > 50  # what makes the test able to fail
+    for k in range(0, len(files), 7):
+        np.testing.assert_array_equal(to_unit_range(volume.slice(k), 1), to_unit_range(read_dicom(files[k]), 1), err_msg=str(k))
+    middle = MedNetImageProcessor(do_resize=False, do_center_crop=False, do_normalize=False)(str(folder))["pixel_values"][0]
+    assert float((middle >= 1).float().mean()) < 0.01
+
+
+def test_loose_images_beside_class_folders_stop_the_build(tmp_path, cache_dir):
+    """Item 8: one stray image at the top would turn folder labels off for the whole set: the build stops with the
+    count and the name; drop_labels=True builds it without labels on purpose."""
+    folder = tmp_path / "scans"
+    for label, source in (("normal", "cxr/00000001_000.png"), ("tb", "cxr/tbx11k_test_data/imgs/tb/tb0005.png")):
+        (folder / label).mkdir(parents=True)
+        shutil.copy(data_path(source), folder / label / "a.png")
+    shutil.copy(data_path("cxr/00027426_000.png"), folder / "stray.png")
+    with pytest.raises(DataFileError, match=r"1 image\(s\) lie beside the class sub-folders \(2 images\).*'stray.png'.*drop_labels=True"):
+        load_medical_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir)
+    unlabelled = load_medical_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir, drop_labels=True)["train"]
+    assert "label" not in unlabelled.column_names and unlabelled.num_rows == 3
+
+
+def test_labels_csv_reports_the_images_it_leaves_out(tmp_path, cache_dir, caplog):
+    """Item 8: a CSV that lists some of the images builds those, and says how many it left out."""
+    folder = tmp_path / "cxr"
+    folder.mkdir()
+    for name in ("00000001_000.png", "00027426_000.png"):
+        shutil.copy(data_path(f"cxr/{name}"), folder / name)
+    shutil.copy(data_path("cxr/16747_3_1.jpg"), folder / "c.jpg")
+    (folder / "labels.csv").write_text("path,label\n00000001_000.png,normal\n00027426_000.png,effusion\n")
+    with caplog.at_level(logging.WARNING):
+        ds = load_medical_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir, labels_csv="labels.csv")["train"]
+    assert ds.num_rows == 2
+    assert "labels.csv lists 2 of the 3 images" in caplog.text and "the other 1 are left out" in caplog.text
+    assert "c.jpg" in caplog.text
+
+
+def test_medmnist_file_with_one_dimensional_labels(tmp_path, cache_dir):
+    """Item 10: re-saved MedMNIST files may hold labels of shape (N,) instead of (N, 1); they build the same rows."""
+    with np.load(data_path("medmnist/pneumoniamnist_subset.npz")) as npz:
+        arrays = {k: npz[k][:40] for k in npz.files}
+    flat = {k: (v[:, 0] if k.endswith("_labels") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "flat.npz", **flat)
+    ds = load_medical_dataset("medmnist", "pneumoniamnist", data_dir=tmp_path, filename="flat.npz",
+                              verification_mode="no_checks", cache_dir=cache_dir)
+    assert ds["train"]["label"] == arrays["train_labels"][:, 0].tolist()
+    np.savez(tmp_path / "bad.npz", **{**flat, "val_labels": arrays["val_labels"][:30]})
+    with pytest.raises(DataFileError, match=r"bad.npz: val_labels has shape \(30, 1\) for 40 images"):
+        load_medical_dataset("medmnist", "pneumoniamnist", data_dir=tmp_path, filename="bad.npz",
+                             verification_mode="no_checks", cache_dir=cache_dir)

@@ -1,9 +1,12 @@
 """`mednet finetune` with the transformers Trainer on real PneumoniaMNIST images (28 px, CPU)."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
+import real_variants as rv
 import torch
 from conftest import data_path
 
@@ -74,3 +77,57 @@ def test_head_for_other_labels_stops_before_training(tmp_path):
 def test_not_a_classification_set(backbone, tmp_path):
     with pytest.raises(ValueError, match="drive has no class labels"):
         finetune(str(backbone), "drive", data_path("fundus_drive"), tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------------- issue 11, item 8
+
+
+def _image_folder(root, counts: dict, split_counts: dict | None = None):
+    """An image folder of real brain MRI slices: `counts` {class: n} (under `train/` when `split_counts` gives a
+    validation split too)."""
+    sources = {c: sorted((data_path("brain_mri/train") / c).iterdir()) for c in ("glioma", "meningioma", "notumor", "pituitary")}
+    layouts = {"": counts} if split_counts is None else {"train/": counts, "validation/": split_counts}
+    offset = 0
+    for prefix, per_class in layouts.items():
+        for label, n in per_class.items():
+            (root / f"{prefix}{label}").mkdir(parents=True, exist_ok=True)
+            for source in sources[label][offset : offset + n]:
+                shutil.copy(source, root / f"{prefix}{label}" / source.name)
+        offset += 50
+    return root
+
+
+def test_last_training_batch_of_one_image_trains(backbone, tmp_path, capsys):
+    """18 training images at --batch-size 17 leave a last batch of one, which BatchNorm cannot train on: the run
+    drops that batch (a different image each epoch) instead of stopping with BatchNorm's error."""
+    folder = _image_folder(tmp_path / "mri", {"glioma": 9, "notumor": 9}, {"glioma": 2, "notumor": 2})
+    out = tmp_path / "run"
+    code = cli_main(["finetune", "--model", str(backbone), "--dataset", "imagefolder", "--data-dir", str(folder),
+                     "--batch-size", "17", "--epochs", "2", "--output-dir", str(out), "--report-to", "none"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    assert record["train_rows"] == 18 and record["steps"] == 2  # one full batch per epoch
+
+
+@pytest.mark.parametrize("problem", ["one_class", "bad_header_and_nan_volume", "stray_file"])
+def test_unusable_folders_are_refused_before_training(problem, backbone, tmp_path, capsys):
+    """A one-class folder, files whose header or voxels cannot give an image, and a stray file beside the class
+    folders are refused while the dataset is built, naming the problem: nothing is trained or written."""
+    if problem == "one_class":
+        folder = _image_folder(tmp_path / "mri", {"glioma": 6})
+        expected = r"the training set has 1 class\(es\) \['glioma'\] of 1 \['glioma'\]; a classifier needs at least 2"
+    elif problem == "stray_file":
+        folder = _image_folder(tmp_path / "mri", {"glioma": 3, "notumor": 3})
+        shutil.copy(data_path("misc/retina.jpg"), folder / "retina.jpg")
+        expected = r"1 image\(s\) lie beside the class sub-folders .*'retina.jpg'"
+    else:
+        folder = _image_folder(tmp_path / "mri", {"glioma": 3, "notumor": 3})
+        rv.dicom_with("dicom/MR_small.dcm", folder / "glioma" / "ww0.dcm", WindowWidth=0)
+        rv.nan_nifti(folder / "notumor" / "nan.nii.gz")
+        expected = r"2 unreadable file\(s\)(?=(.|\n)*glioma/ww0.dcm: .*WindowWidth 0)(?=(.|\n)*notumor/nan.nii.gz: .*NaN or infinite)"
+    out = tmp_path / "run"
+    code = cli_main(["finetune", "--model", str(backbone), "--dataset", "imagefolder", "--data-dir", str(folder),
+                     "--max-steps", "2", "--output-dir", str(out), "--report-to", "none"])
+    assert code == 2
+    assert re.search(expected, capsys.readouterr().err)
+    assert not out.exists()

@@ -14,6 +14,7 @@ from test_real_data import OUTCOMES
 from transformers import pipeline
 
 from mednet_hf import MedNetForImageClassification, MedNetImageProcessor, read_path
+from mednet_hf.builders.medical_imagefolder import public_name
 from mednet_hf.data import load_medical_dataset, medical_transform
 from mednet_hf.pil_plugin import to_pil
 
@@ -62,7 +63,7 @@ def test_file_dataset_and_pipeline_give_identical_pixels(relative, classifier, f
     folder, processor = classifier
     path = str(data_path(relative))
     from_path = processor(path, return_tensors="pt").pixel_values[0]
-    frames, dataset = folder_rows[0][relative], folder_rows[1]
+    frames, dataset = folder_rows[0][public_name(relative)], folder_rows[1]  # DICOM UIDs in names are hashed
     index = frames[None] if None in frames else frames[len(frames) // 2]  # a multi-frame file: its middle frame
     from_row = _dataset_pixels(dataset, index, processor)
     pipe = pipeline("image-classification", model=str(folder), image_processor=processor)

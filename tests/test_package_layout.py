@@ -29,11 +29,14 @@ RANKS = {
     "mednet_hf.training": 7,
     "mednet_hf.model_card": 8,
     "mednet_hf.hub": 8,
+    "mednet_hf.predict": 8,  # the model-using applications: predict, evaluate, export
+    "mednet_hf.evaluate_model": 8,
+    "mednet_hf.export": 8,
     "mednet_hf.registration": 9,
     "mednet_hf.cli": 10,
 }
 SOURCES = {"mednet_hf": REPO_ROOT / "mednet_hf", "mednet_hf.builders": REPO_ROOT / "dataset_scripts",
-           "mednet_hf.training": REPO_ROOT / "training"}
+           "mednet_hf.training": REPO_ROOT / "training", "mednet_hf.metrics": REPO_ROOT / "mednet_hf" / "metrics"}
 
 
 def _rank(module: str) -> int:

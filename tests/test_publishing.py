@@ -4,6 +4,8 @@
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -149,4 +151,48 @@ def test_push_refuses_pickled_weights(tmp_path, snapshots):
     shutil.copytree(snapshots["mednet/gray"], folder)
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match=r"pickled weights \['pytorch_model.bin'\]"):
+        check_model_folder(folder)
+
+
+def _readme_commands() -> list[str]:
+    """The README's fine-tune command (the main job's code block) and its push command (Publishing), as written."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    main_job = readme.split("## The main job", 1)[1]
+    block = main_job.split("```bash\n", 1)[1].split("```", 1)[0]
+    finetune = " ".join(line.rstrip("\\").strip() for line in block.strip().splitlines())
+    push = re.search(r"`(mednet push --model [^`]+)`", readme.split("## Publishing", 1)[1]).group(1)
+    assert finetune.startswith("mednet finetune ") and "runs/" in push
+    return [finetune, push]
+
+
+def test_readme_finetune_then_push_works_as_written(hub, tmp_path):
+    """Issue 11, item 7: the README's `mednet finetune` and then its `mednet push --model runs/.../best`, run as
+    written (only the data folder and `runs/` placed in a temporary folder), publish the fine-tuned model; the
+    Trainer's pickled `training_args.bin` is not uploaded."""
+    finetune, push = (command.replace("${MEDNET_DATA_DIR:-../shared/data}", str(data_path("")).rstrip("/"))
+                      .replace("runs/", f"{tmp_path}/runs/") for command in _readme_commands())
+    trained = run_cli(shlex.split(finetune)[1:], {})
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    best = tmp_path / push.split("--model ", 1)[1].split()[0].split(f"{tmp_path}/", 1)[1]
+    assert (best / "model.safetensors").is_file()
+    pushed = run_cli(shlex.split(push)[1:], hub.env(tmp_path / "pusher"))
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    repo_id = push.split("--repo-id ", 1)[1].split()[0]
+    repo = hub.state.repos[("model", repo_id)]
+    files = repo.commits[repo.branches["main"]]["files"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_mednet.py"} <= set(files)
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files), sorted(files)
+    assert files["model.safetensors"] == (best / "model.safetensors").read_bytes()
+    assert "## Test metrics (medmnist:pneumoniamnist" in files["README.md"].decode()
+
+
+def test_push_skips_the_trainers_arguments_but_refuses_other_pickles(tmp_path, snapshots):
+    from mednet_hf.hub import check_model_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(snapshots["mednet/gray"], folder)
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    assert "training_args.bin" not in {p.name for p in check_model_folder(folder)}
+    (folder / "optimizer.pt").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match=r"pickled weights \['optimizer.pt'\]"):
         check_model_folder(folder)

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import ClassLabel, Sequence
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -20,16 +19,37 @@ from transformers import (
     TrainingArguments,
 )
 
-from mednet_hf.data import load_medical_dataset, medical_transform
-from mednet_hf.metrics import classification_metrics
+from mednet_hf.data import class_names, load_medical_dataset, medical_transform
+from mednet_hf.metrics import classification_metrics, per_class_scalars
 
 
-def _label_info(features, dataset: str) -> tuple[list[str], bool]:
-    if isinstance(features.get("label"), ClassLabel):
-        return list(features["label"].names), False
-    if isinstance(features.get("labels"), Sequence) and isinstance(features["labels"].feature, ClassLabel):
-        return list(features["labels"].feature.names), True
-    raise ValueError(f"{dataset} has no class labels (a `label` or multi-label `labels` column): it is not a classification set")
+def _check_classes(train, names: list[str], multi_label: bool, dataset: str, data_dir) -> None:
+    """A single-label set whose training split has fewer than two classes is refused before any training (it would
+    train, then report AUROC nan and accuracy 1.0)."""
+    if multi_label:
+        return
+    present = sorted(set(train["label"]))
+    if len(present) < 2:
+        raise ValueError(
+            f"{dataset} ({data_dir}): the training set has {len(present)} class(es) {[names[i] for i in present]} "
+            f"of {len(names)} {names}; a classifier needs at least 2 (an image folder needs one sub-folder per class)"
+        )
+
+
+class _Trainer(Trainer):
+    """The Trainer, except that a last training batch of one image is dropped (the order is shuffled, so it is a
+    different image each epoch): BatchNorm cannot normalise a batch of one, and training would stop with its error.
+    Evaluation keeps every image."""
+
+    def get_train_dataloader(self):
+        single = len(self.train_dataset) % self.args.train_batch_size == 1
+        if not single or self.args.dataloader_drop_last:
+            return super().get_train_dataloader()
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = False
 
 
 def _check_head(model: str, names: list[str], new_head: bool) -> None:
@@ -52,17 +72,6 @@ def _subsample(train, fraction: float, multi_label: bool, seed: int):
     if multi_label:  # no single class to stratify on
         return train.shuffle(seed=seed).select(range(max(1, int(round(fraction * train.num_rows)))))
     return train.train_test_split(train_size=fraction, stratify_by_column="label", seed=seed)["train"]
-
-
-def _flat(metrics: dict, names: list[str]) -> dict:
-    """Per-class lists become one scalar per class, which loggers (TensorBoard) take."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, list):
-            out.update({f"{key.removesuffix('_per_class')}_{name}": v for name, v in zip(names, value)})
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass
@@ -100,8 +109,9 @@ def finetune(*args, **kwargs) -> dict:
     name, _, config = dataset.partition(":")
     splits = load_medical_dataset(name, config or None, run.data_dir, size=run.size,
                                   verification_mode="no_checks" if run.no_checks else None, **run.options)
-    names, multi_label = _label_info(splits["train"].features, dataset)
-    _check_head(model, names, run.new_head)  # before any training
+    names, multi_label = class_names(splits["train"].features, dataset)
+    _check_classes(splits["train"], names, multi_label, dataset, run.data_dir)  # before any training
+    _check_head(model, names, run.new_head)
     train = splits["train"]
     if "validation" not in splits:  # hold out 10% of train (stratified) to choose the best model
         held = train.train_test_split(test_size=0.1, seed=run.seed, stratify_by_column=None if multi_label else "label")
@@ -129,9 +139,9 @@ def finetune(*args, **kwargs) -> dict:
     )
 
     def compute_metrics(prediction) -> dict:
-        return _flat(classification_metrics(prediction.predictions, prediction.label_ids, multi_label), names)
+        return per_class_scalars(classification_metrics(prediction.predictions, prediction.label_ids, multi_label), names)
 
-    trainer = Trainer(
+    trainer = _Trainer(
         model=classifier, args=args, train_dataset=train.with_transform(transform),
         eval_dataset=splits["validation"].with_transform(transform), compute_metrics=compute_metrics,
         processing_class=processor,  # every checkpoint the Trainer writes carries the processor
@@ -144,6 +154,8 @@ def finetune(*args, **kwargs) -> dict:
     test = trainer.evaluate(splits["test"].with_transform(transform), metric_key_prefix="test") if "test" in splits else {}
     best = Path(output_dir) / "best"
     trainer.save_model(str(best))  # the processor too (processing_class)
+    # The Trainer's pickled arguments do not belong in a model to publish (results.json records them).
+    (best / "training_args.bin").unlink(missing_ok=True)
     record = {
         "model": str(model), "dataset": dataset, "label_fraction": run.label_fraction, "linear_probe": run.linear_probe,
         "arguments": asdict(run),

@@ -53,4 +53,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: 
     return out
 
 
-__all__ = ["METRICS_DIR", "NAMES", "classification_metrics", "load_metric", "metric_path"]
+def per_class_scalars(metrics: dict, names: list[str]) -> dict:
+    """Per-class lists become one scalar per class (`f1_per_class` → `f1_<class>`), which loggers and results.json
+    take."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, list):
+            out.update({f"{key.removesuffix('_per_class')}_{name}": v for name, v in zip(names, value)})
+        else:
+            out[key] = value
+    return out
+
+
+__all__ = ["METRICS_DIR", "NAMES", "classification_metrics", "load_metric", "metric_path", "per_class_scalars"]

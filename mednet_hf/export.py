@@ -1,0 +1,75 @@
+"""`mednet export`: a saved MedNet classifier (or backbone) → ONNX, with its processor beside it.
+
+    export_onnx("runs/pneumonia/best", "runs/pneumonia/onnx")
+
+The graph comes from PyTorch's own exporter, `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript),
+with a dynamic batch dimension: input `pixel_values` `(batch, C, H, W)` float32, output `logits` `(batch,
+num_labels)` for a classifier, `pooler_output` `(batch, num_features)` for a bare `MedNetModel`. `config.json` and
+`preprocessor_config.json` are saved in the same folder, so `AutoImageProcessor.from_pretrained(folder)` prepares
+the inputs exactly as for the PyTorch model. Needs the `onnx` extra (`pip install mednet-hf[onnx]`).
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class _Outputs(torch.nn.Module):
+    """The model with a plain tensor output (ONNX has no ModelOutput)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.name = "logits" if hasattr(model, "forward_head") else "pooler_output"
+
+    def forward(self, pixel_values):
+        output = self.model(pixel_values=pixel_values)
+        return output.logits if self.name == "logits" else output.pooler_output
+
+
+def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
+    """Export `model` (a saved MedNet folder or Hub id) to `output_dir/model.onnx` with a dynamic batch size and save
+    its config and processor there. Returns {"path", "output", "exporter"}; `exporter` says whether the dynamo
+    exporter was used or, if it failed, the TorchScript one (with a warning saying why)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"ONNX export needs the onnx extra: pip install 'mednet-hf[onnx]' ({e})") from None
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(model)
+    if getattr(config, "model_type", None) != "mednet":
+        raise ValueError(f"{model}: not a MedNet checkpoint (model_type {getattr(config, 'model_type', None)!r})")
+    is_classifier = any(a.endswith("ForImageClassification") for a in (config.architectures or []))
+    loaded = (AutoModelForImageClassification if is_classifier else AutoModel).from_pretrained(model).float().eval()
+    wrapped = _Outputs(loaded).eval()
+    channels, height, width = config.pretrained_cfg["input_size"]
+    # Batch 2 as the example: torch.export specialises dimensions of size 0 and 1.
+    example = torch.zeros(2, channels, height, width)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "model.onnx"
+    names = {"input_names": ["pixel_values"], "output_names": [wrapped.name]}
+    try:
+        program = torch.onnx.export(
+            wrapped, (example,), dynamo=True, opset_version=opset, external_data=False,
+            dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=65536)}}, **names,
+        )
+        program.save(str(path))
+        exporter = "dynamo"
+    except Exception as e:  # noqa: BLE001 - any failure of the new exporter: fall back, and say so
+        logger.warning("torch.onnx.export(dynamo=True) failed for %s (%s: %s); using the TorchScript exporter",
+                       model, type(e).__name__, e)
+        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset or 17,
+                          dynamic_axes={"pixel_values": {0: "batch"}, wrapped.name: {0: "batch"}}, **names)
+        exporter = "torchscript"
+    config.save_pretrained(output_dir)  # the processor's geometry lives in config.json (pretrained_cfg)
+    AutoImageProcessor.from_pretrained(model).save_pretrained(output_dir)
+    return {"path": str(path), "output": wrapped.name, "exporter": exporter}
+
+
+__all__ = ["export_onnx"]
