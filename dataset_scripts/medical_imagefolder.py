@@ -44,7 +44,7 @@ from datasets.data_files import SPLIT_KEYWORDS
 from mednet_hf.medical_io import (
     MedicalImage,
     MedicalImageError,
-    MedicalVolume,
+    images_of,
     is_one_volume,
     read_dicom_header,
     read_dicom_series,
@@ -205,14 +205,7 @@ class MedicalImageFolder(MedicalBuilder):
             content = read_dicom_series(paths, include_phi=self.config.include_phi)
         else:
             content = reader_for(paths[0]).read(paths[0], include_phi=self.config.include_phi)
-        if isinstance(content, MedicalVolume):
-            for index in range(0, content.num_slices(axis), stride):
-                yield index, content.slice(index, axis)
-        elif content.num_frames > 1:
-            for index in range(0, content.num_frames, stride):
-                yield index, content.frame(index)
-        else:
-            yield None, content
+        yield from images_of(content, axis, stride)
 
     def _row(self, rel: str, index, image: MedicalImage, label):
         row = {

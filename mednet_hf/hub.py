@@ -227,7 +227,7 @@ def push_model(
 def default_model_card(folder, repo_id: str) -> str:
     """A short card for a user's own checkpoint: what it is, how to load it, and the test metrics of the
     `mednet finetune` run that produced it (its `results.json`, next to the folder) when there is one."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())

@@ -544,6 +544,19 @@ def _read_pil(path: Path) -> MedicalImage:
         raise MedicalImageError(f"{path}: not an image file that PIL, pydicom or nibabel can read ({e})") from e
 
 
+def images_of(content: "MedicalImage | MedicalVolume", axis: int = 2, stride: int = 1):
+    """Every 2-D image of a read file, as `(index, MedicalImage)`: the slices of a volume along `axis` and the
+    frames of a multi-frame image (every `stride`-th), or `(None, image)` for a single image."""
+    if isinstance(content, MedicalVolume):
+        for index in range(0, content.num_slices(axis), stride):
+            yield index, content.slice(index, axis)
+    elif content.num_frames > 1:
+        for index in range(0, content.num_frames, stride):
+            yield index, content.frame(index)
+    else:
+        yield None, content
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 
 
@@ -658,6 +671,7 @@ __all__ = [
     "MedicalImageError",
     "MedicalVolume",
     "from_pil",
+    "images_of",
     "is_one_volume",
     "read_dicom",
     "read_dicom_header",

@@ -144,6 +144,14 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
         """The timm network."""
         return self.timm_model
 
+    def _features(self, pixel_values: torch.Tensor, output_hidden_states: bool | None):
+        """The last feature map and, if asked (or set in the config), every stage's output."""
+        pixel_values = _check_pixel_values(pixel_values, self.config)
+        if output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states:
+            last, stages = self.timm_model.forward_intermediates(pixel_values)
+            return last, tuple(stages)
+        return self.timm_model.forward_features(pixel_values), None
+
     def _ignore_classifier_weights(self) -> None:
         """A headless model loads a classification checkpoint without calling its classifier weights unexpected.
         (Before `post_init`, which collects the patterns.)"""
@@ -175,14 +183,7 @@ class MedNetModel(MedNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        pixel_values = _check_pixel_values(pixel_values, self.config)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        if output_hidden_states:
-            last_hidden_state, hidden_states = self.timm_model.forward_intermediates(pixel_values)
-            hidden_states = tuple(hidden_states)
-        else:
-            last_hidden_state, hidden_states = self.timm_model.forward_features(pixel_values), None
+        last_hidden_state, hidden_states = self._features(pixel_values, output_hidden_states)
         pooled = self.timm_model.forward_head(last_hidden_state, pre_logits=True)
         output = BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states
@@ -260,14 +261,7 @@ class MedNetForImageClassification(MedNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        pixel_values = _check_pixel_values(pixel_values, self.config)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        if output_hidden_states:
-            features, hidden_states = self.timm_model.forward_intermediates(pixel_values)
-            hidden_states = tuple(hidden_states)
-        else:
-            features, hidden_states = self.timm_model.forward_features(pixel_values), None
+        features, hidden_states = self._features(pixel_values, output_hidden_states)
         logits = self.timm_model.forward_head(features)
         loss = None
         if labels is not None:

@@ -24,15 +24,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .builders.medical_imagefolder import public_name
 from .medical_io import (
-    MedicalImage,
     MedicalImageError,
     MedicalVolume,
-    is_dicom_file,
+    images_of,
     is_one_volume,
     read_dicom_header,
     read_dicom_series,
@@ -140,16 +138,12 @@ def _images(item: _Item, slice_axis: int, slice_stride: int, slice_index: int | 
         content = read_dicom_series(item.paths)
     else:
         content = reader_for(item.paths[0]).read(item.paths[0])
-    if isinstance(content, MedicalVolume):
+    if isinstance(content, MedicalVolume) and slice_index is not None:
         n = content.num_slices(slice_axis)
-        indices = [slice_index % n if -n <= slice_index < n else slice_index] if slice_index is not None else range(0, n, slice_stride)
-        for index in indices:
-            yield index, content.slice(index, slice_axis)
-    elif content.num_frames > 1:
-        for index in range(0, content.num_frames, slice_stride):
-            yield index, content.frame(index)
+        index = slice_index % n if -n <= slice_index < n else slice_index  # out of range: slice() says so
+        yield index, content.slice(index, slice_axis)
     else:
-        yield None, content
+        yield from images_of(content, slice_axis, slice_stride)
 
 
 def load(model: str, device: str | None = None):
