@@ -36,49 +36,24 @@ def _class_names(dataset) -> list[str]:
     return []
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The chunks that make a PNG's pixels; text (tEXt, zTXt, iTXt), time, ICC profiles and the rest are metadata.
-PNG_PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
 # Further training files the Trainer writes into a saved model folder: never uploaded, whatever their format.
 TRAINER_FILES = ("training_args.bin",)
-
-
-def _png_pixel_chunks(data: bytes) -> bytes | None:
-    """A PNG with its pixel chunks only, or `None` where that is not enough: not a PNG, a truncated one, or one with
-    an eXIf chunk (its orientation changes what `datasets` decodes, so such images are re-encoded instead)."""
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    kept, position = [PNG_SIGNATURE], len(PNG_SIGNATURE)
-    while position + 12 <= len(data):
-        kind = data[position + 4 : position + 8]
-        end = position + 12 + int.from_bytes(data[position : position + 4], "big")
-        if end > len(data) or kind == b"eXIf":
-            return None
-        if kind in PNG_PIXEL_CHUNKS:
-            kept.append(data[position:end])
-        if kind == b"IEND":
-            return b"".join(kept)
-        position = end
-    return None
 
 
 def pixels_only(value: dict | None) -> dict | None:
     """One undecoded image cell (`{"bytes", "path"}`) → the same pixels with no file metadata and no file name.
 
-    A PNG keeps only its pixel chunks (lossless, no re-encoding); anything else (JPEG, TIFF, ...) is decoded, turned
-    upright by its EXIF orientation as `datasets` does when decoding, and re-encoded losslessly as `datasets` encodes
-    arrays. So no PNG text chunk, EXIF block, TIFF tag or embedded file name leaves with a pushed image."""
+    The image is decoded, turned upright by its EXIF orientation as `datasets` does when decoding, and re-encoded
+    losslessly as `datasets` encodes arrays (PNG, or TIFF for 16-bit and float). So no PNG text chunk, EXIF block,
+    TIFF tag or embedded file name leaves with a pushed image."""
     if value is None or (value.get("bytes") is None and not value.get("path")):
         return value
     data = value["bytes"] if value.get("bytes") is not None else Path(value["path"]).read_bytes()
-    clean = _png_pixel_chunks(data)
-    if clean is None:
-        with PIL.Image.open(io.BytesIO(data)) as opened:
-            image = PIL.ImageOps.exif_transpose(opened)
-            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):  # not plain pixel arrays
-                image = image.convert("RGBA" if "A" in image.mode or "a" in image.mode or "transparency" in image.info else "RGB")
-            clean = encode_np_array(np.asarray(image))["bytes"]
-    return {"bytes": clean, "path": None}
+    with PIL.Image.open(io.BytesIO(data)) as opened:
+        image = PIL.ImageOps.exif_transpose(opened)
+        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):  # not plain pixel arrays
+            image = image.convert("RGBA" if "A" in image.mode or "a" in image.mode or "transparency" in image.info else "RGB")
+        return {"bytes": encode_np_array(np.asarray(image))["bytes"], "path": None}
 
 
 def _strip_image_metadata(dataset: DatasetDict) -> DatasetDict:

@@ -16,7 +16,7 @@ from conftest import data_path, run_cli
 from PIL import Image
 
 from mednet_hf.data import load_medical_dataset
-from mednet_hf.hub import PNG_PIXEL_CHUNKS, pixels_only
+from mednet_hf.hub import pixels_only
 from mednet_hf.medical_io import PHI_KEYWORDS
 
 # The header values that identify a patient, a study, a device or a file: names, IDs, UIDs, dates, times, free text.
@@ -105,6 +105,8 @@ def test_pushed_image_folder_holds_no_header_or_metadata(hub, tmp_path):
     assert "| patient identifiers | none stored |" in card and "SHA-256" in card and "pixels only" in card
 
 
+# The PNG chunks that make the pixels; text, time, ICC profiles, EXIF and the rest are metadata.
+PNG_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
 # The TIFF tags that describe the pixel layout and nothing else (what `datasets` writes for arrays).
 BASELINE_TIFF_TAGS = {256, 257, 258, 259, 262, 273, 277, 278, 279, 282, 283, 284, 296, 339}
 
@@ -116,7 +118,7 @@ def _metadata_free(data: bytes) -> bool:
         while position < len(data):
             kinds.add(data[position + 4 : position + 8])
             position += 12 + int.from_bytes(data[position : position + 4], "big")
-        return kinds <= set(PNG_PIXEL_CHUNKS)
+        return kinds <= PNG_PIXEL_CHUNKS
     with Image.open(io.BytesIO(data)) as image:
         return image.format == "TIFF" and set(image.tag_v2) <= BASELINE_TIFF_TAGS
 
