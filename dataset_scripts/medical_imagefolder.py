@@ -44,8 +44,8 @@ from datasets.data_files import SPLIT_KEYWORDS
 from mednet_hf.medical_io import (
     MedicalImage,
     MedicalImageError,
+    group_volumes,
     images_of,
-    is_one_volume,
     read_dicom_header,
     read_dicom_series,
     reader_for,
@@ -178,25 +178,22 @@ class MedicalImageFolder(MedicalBuilder):
     def _items(self, root: Path, files: dict[str, Path], errors: list):
         """(reader name, relative path, paths) to read: files one by one, except DICOM files that are slices of one
         volume (grouped per folder and SeriesInstanceUID, then checked by `is_one_volume`)."""
-        groups = defaultdict(list)
+        dicom, rel_of = [], {path: rel for rel, path in files.items()}
         for rel, path in files.items():
             reader = reader_for(path)
             if reader.name != "dicom":
                 yield reader.name, rel, [path]
                 continue
             try:
-                header = read_dicom_header(path)
+                dicom.append((path, read_dicom_header(path)))
             except MedicalImageError as e:
                 errors.append((rel, str(e)))
-                continue
-            groups[(path.parent, str(header.get("SeriesInstanceUID", rel)))].append((rel, path, header))
-        for members in groups.values():
-            if is_one_volume([header for _, _, header in members]):
-                rel = members[0][0].rsplit("/", 1)[0] if "/" in members[0][0] else "."
-                yield "dicom_series", rel, [path for _, path, _ in members]
-            else:  # single images, even if they share a SeriesInstanceUID (e.g. two radiographs of one study)
-                for rel, path, _ in members:
-                    yield "dicom", rel, [path]
+        for paths in group_volumes(dicom):
+            if len(paths) > 1:  # a series: one volume, labelled and named by its folder
+                rel = rel_of[paths[0]]
+                yield "dicom_series", rel.rsplit("/", 1)[0] if "/" in rel else ".", paths
+            else:
+                yield "dicom", rel_of[paths[0]], paths
 
     def _slices(self, kind: str, paths: list[Path]):
         """(slice_index, MedicalImage) for one item, read through the reader table."""

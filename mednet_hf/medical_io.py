@@ -434,6 +434,24 @@ def is_one_volume(headers) -> bool:
     return bool(np.all(np.diff(positions) > 1e-4))
 
 
+def group_volumes(files: list[tuple[Path, object]]) -> list[list[Path]]:
+    """DICOM files with their headers → groups of paths: the slices of one volume together (same folder and
+    SeriesInstanceUID, and `is_one_volume`), every other file alone. A header may be `None` (unreadable): that file
+    stays alone, and reading it reports why."""
+    groups: dict = {}
+    for path, header in files:
+        uid = str(header.get("SeriesInstanceUID", path)) if header is not None else str(path)
+        groups.setdefault((Path(path).parent, uid), []).append((Path(path), header))
+    out = []
+    for members in groups.values():
+        headers = [header for _, header in members]
+        if all(h is not None for h in headers) and is_one_volume(headers):
+            out.append([path for path, _ in members])
+        else:  # single images, even when they share a SeriesInstanceUID (two radiographs of one study)
+            out.extend([path] for path, _ in members)
+    return out
+
+
 def read_dicom_series(source, include_phi: bool = False) -> MedicalVolume:
     """Read one DICOM series — a folder holding it, or a list of its files — into a `(rows, columns, slices)`
     volume, slices sorted by their position along the slice normal. Each slice keeps its own VOI module."""
@@ -671,6 +689,7 @@ __all__ = [
     "MedicalImageError",
     "MedicalVolume",
     "from_pil",
+    "group_volumes",
     "images_of",
     "is_one_volume",
     "read_dicom",

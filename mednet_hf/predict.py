@@ -20,7 +20,6 @@ Other identifying folder names (an accession number, a date of birth) cannot be 
 import csv
 import hashlib
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from .builders.medical_imagefolder import public_name
 from .medical_io import (
     MedicalImageError,
     MedicalVolume,
+    group_volumes,
     images_of,
-    is_one_volume,
     read_dicom_header,
     read_dicom_series,
     reader_for,
@@ -106,24 +105,22 @@ def collect(inputs) -> tuple[list[_Item], list[Unreadable]]:
             else:
                 items.append(_Item(str(root), reader.name, [root], phi))
             continue
-        groups = defaultdict(list)
+        dicom = []
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
             reader = reader_for(path)
             if reader is None:
                 unreadable.append(Unreadable(_scrub(str(path), set()), f"not a file type mednet reads ({_suffix(path)})"))
             elif reader.name == "dicom":
-                header = _header_or_none(path)
-                uid = str(header.get("SeriesInstanceUID", path)) if header is not None else str(path)
-                groups[(path.parent, uid)].append((path, header))
+                dicom.append((path, _header_or_none(path)))
             else:
                 items.append(_Item(str(path), reader.name, [path]))
-        for (folder, _), members in groups.items():
-            headers = [h for _, h in members]
-            phi = set().union(*(_phi_values(h) for h in headers if h is not None))
-            if all(h is not None for h in headers) and is_one_volume(headers):
-                items.append(_Item(str(folder), "dicom_series", [p for p, _ in members], phi))
-            else:  # single images, even when they share a SeriesInstanceUID (two radiographs of one study)
-                items.extend(_Item(str(p), "dicom", [p], _phi_values(h) if h is not None else set()) for p, h in members)
+        headers = dict(dicom)
+        for paths in group_volumes(dicom):
+            phi = set().union(*(_phi_values(headers[p]) for p in paths if headers[p] is not None))
+            if len(paths) > 1:
+                items.append(_Item(str(paths[0].parent), "dicom_series", paths, phi))
+            else:
+                items.append(_Item(str(paths[0]), "dicom", paths, phi))
     items.sort(key=lambda item: item.name)
     return items, unreadable
 
