@@ -232,6 +232,15 @@ def _add_inference_commands(commands) -> None:
     x.add_argument("--output-dir", help="where model.onnx, config.json and preprocessor_config.json go (default: MODEL/onnx)")
     x.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
 
+    d = commands.add_parser("demo", help="a web page (Gradio) with predictions and Grad-CAM for uploaded files (`demo` extra)")
+    d.add_argument("--model", required=True, help="a saved MedNet classifier (e.g. a finetune run's best/)")
+    d.add_argument("--example", action="append", default=None, metavar="PATH",
+                   help="an example file offered in the page (repeatable; default: a few from MEDNET_DATA_DIR when there)")
+    d.add_argument("--top-k", type=int, default=3, help="predictions shown (default: 3)")
+    d.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    d.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    d.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default: medical images)")
+
 
 def _run_predict(args) -> None:
     from .predict import predict
@@ -265,6 +274,17 @@ def _run_export(args) -> None:
     print(f"exported {args.model} to {result['path']} (output {result['output']}, dynamic batch){fallback}")
 
 
+def _run_demo(args) -> None:
+    import os
+
+    from .demo import example_files, serve
+
+    examples = args.example
+    if examples is None:
+        examples = example_files(os.environ.get("MEDNET_DATA_DIR", "../shared/data"))
+    serve(args.model, examples, top_k=args.top_k, host=args.host, port=args.port, share=args.share)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mednet", description="MedNet: medical image backbones for transformers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "benchmark": _run_benchmark,
          "push": _run_push, "hub": _run_hub, "predict": _run_predict, "evaluate": _run_evaluate,
-         "export": _run_export}[args.command](args)
+         "export": _run_export, "demo": _run_demo}[args.command](args)
     except ValueError as e:  # our errors say what is wrong and what to do; no traceback needed
         print(f"mednet {args.command}: error: {e}", file=sys.stderr)
         return 2

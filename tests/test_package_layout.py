@@ -32,6 +32,7 @@ RANKS = {
     "mednet_hf.predict": 8,  # the model-using applications: predict, evaluate, export
     "mednet_hf.evaluate_model": 8,
     "mednet_hf.export": 8,
+    "mednet_hf.demo": 8,  # the web demo, built on predict's loading and scoring
     "mednet_hf.registration": 9,
     "mednet_hf.cli": 10,
 }
