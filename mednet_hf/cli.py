@@ -92,10 +92,10 @@ def add_dataclass_arguments(parser, cls, overrides_only: bool = False) -> None:
             spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default)
         if kind is dict:
             parser.add_argument(flag, dest=spec.name, type=_option, action="append", metavar="KEY=VALUE", help=text)
-        elif kind is bool and not overrides_only:
-            parser.add_argument(flag, dest=spec.name, action="store_true", default=default, help=text)
-        elif kind is bool:
-            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind is bool and default is False:
+            parser.add_argument(flag, dest=spec.name, action="store_true", default=False, help=text)
+        elif kind is bool:  # --flag / --no-flag: a recipe's value, or a default of True, can be turned off
+            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
             parser.add_argument(flag, dest=spec.name, type=kind, default=default, required=required,
                                 help=text + ("" if default is None else f" (default: {default})"))

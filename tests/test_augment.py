@@ -4,7 +4,14 @@ corruption must preserve. All on the CPU, the same code the GPU runs."""
 import pytest
 import torch
 
-from mednet_hf.training.augment import PretrainViews, bezier_intensity, local_shuffle, paint, step_generator
+from mednet_hf.training.augment import (
+    PretrainViews,
+    bezier_intensity,
+    finetune_view,
+    local_shuffle,
+    paint,
+    step_generator,
+)
 
 
 def _images(n=6, channels=1, size=28, seed=0) -> torch.Tensor:
@@ -109,3 +116,31 @@ def test_step_generator_streams_are_independent():
              for seed in (0, 1) for step in (0, 1) for rank in (0, 1) for stream in ("views", "batch")}
     values = [tuple(v.tolist()) for v in draws.values()]
     assert len(set(values)) == len(values)
+
+
+def _normalised(n=8, channels=1, size=28) -> torch.Tensor:
+    return (_images(n, channels, size).float() / 255 - 0.5) / 0.25  # processor-like pixel_values
+
+
+def test_finetune_view_keeps_shape_and_is_a_function_of_the_generator():
+    x = _normalised(channels=3)
+    a, b = finetune_view(x, step_generator(0, 5, 0)), finetune_view(x, step_generator(0, 5, 0))
+    assert a.shape == x.shape and a.dtype == x.dtype and torch.equal(a, b)
+    assert not torch.equal(a, finetune_view(x, step_generator(0, 6, 0)))
+    assert (a - x).abs().flatten(1).amax(1).gt(0.1).all()  # every image is changed
+
+
+def test_finetune_view_without_crop_or_rotation_is_the_identity_and_flips_only_when_asked():
+    x = _normalised()
+    same = finetune_view(x, step_generator(0, 0, 0), scale=(1.0, 1.0), max_rotation=0.0, ratio=(1.0, 1.0))
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-5)  # sampled at the pixel centres: no resampling blur
+    flipped = finetune_view(x, step_generator(0, 0, 0), scale=(1.0, 1.0), max_rotation=0.0, ratio=(1.0, 1.0),
+                            flip=True)
+    mirrored = [torch.allclose(f, i.flip(-1), atol=1e-5) for f, i in zip(flipped, x)]
+    kept = [torch.allclose(f, i, atol=1e-5) for f, i in zip(flipped, x)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+
+
+def test_finetune_view_refuses_non_square_input():
+    with pytest.raises(ValueError, match="square"):
+        finetune_view(torch.zeros(2, 1, 28, 30), step_generator(0, 0, 0))

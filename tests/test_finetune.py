@@ -12,8 +12,9 @@ from conftest import data_path
 
 from mednet_hf import MedNetConfig, MedNetForImageClassification, MedNetModel
 from mednet_hf.cli import main as cli_main
-from mednet_hf.data import load_medical_dataset
-from mednet_hf.training.finetune import _subsample, finetune
+from mednet_hf import MedNetImageProcessor
+from mednet_hf.data import load_medical_dataset, medical_transform
+from mednet_hf.training.finetune import _subsample, finetune, tensorize
 
 PNEUMONIA = ["--dataset", "medmnist:pneumoniamnist", "--option", "filename=pneumoniamnist_subset.npz", "--no-checks"]
 
@@ -51,6 +52,34 @@ def test_label_fraction_is_stratified_and_seeded():
     assert small.num_rows == round(0.1 * train.num_rows)
     assert np.mean(small["label"]) == pytest.approx(np.mean(train["label"]), abs=0.01)  # class balance kept
     assert _subsample(train, 0.1, multi_label=False, seed=3)["label"] == small["label"]
+
+
+def test_tensorized_split_is_exactly_the_processor_output():
+    """Training data goes through the processor once into tensors; the values are those `with_transform` gives."""
+    split = load_medical_dataset("medmnist", "pneumoniamnist", data_dir=data_path("medmnist"),
+                                 filename="pneumoniamnist_subset.npz", verification_mode="no_checks")["validation"]
+    split = split.select(range(70))
+    transform = medical_transform(MedNetImageProcessor(variant="gray", image_size=32), split.features)
+    rows = tensorize(split, transform, "cpu", "validation", chunk=16)
+    expected = split.with_transform(transform)[:]
+    assert len(rows) == 70 and torch.equal(rows.pixel_values, expected["pixel_values"])
+    assert torch.equal(rows.labels, expected["labels"])
+    batch = rows.__getitems__([3, 0, 69])  # one gather per batch
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"][[3, 0, 69]])
+    assert torch.equal(batch["labels"], expected["labels"][[3, 0, 69]])
+
+
+def test_augmentation_is_seeded_and_can_be_turned_off(backbone, tmp_path):
+    """Same seed, same run (views come from (seed, step, rank)); --no-augment trains on other inputs."""
+    common = ["--model", str(backbone), *PNEUMONIA, "--data-dir", str(data_path("medmnist")), "--max-steps", "4",
+              "--batch-size", "32", "--label-fraction", "0.1", "--report-to", "none"]
+    losses = {}
+    for name, extra in (("a", []), ("b", []), ("off", ["--no-augment"])):
+        assert cli_main(["finetune", *common, *extra, "--output-dir", str(tmp_path / name)]) == 0
+        record = json.loads((tmp_path / name / "results.json").read_text())
+        assert record["tensorized"] and record["arguments"]["augment"] is (name != "off")
+        losses[name] = record["validation"]["eval_loss"]
+    assert losses["a"] == losses["b"] and losses["a"] != losses["off"]
 
 
 def test_linear_probe_keeps_the_backbone(backbone, tmp_path):

@@ -31,17 +31,19 @@ def _chance(generator: torch.Generator, shape, p: float, device) -> torch.Tensor
 # ---------------------------------------------------------------------------------------------------- geometry
 
 
-def _crop_thetas(generator, shape, scale, max_rotation: float, device) -> torch.Tensor:
+def _crop_thetas(generator, shape, scale, max_rotation: float, device, flip_p: float = 0.5,
+                 ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
     """`(*shape, 2, 3)` affine maps from output to input coordinates (both in [-1, 1]): a random resized crop
-    (area fraction in `scale`, aspect ratio in [3/4, 4/3]), a horizontal flip and a rotation of up to
-    `max_rotation` degrees (applied to half the views). The images are square (the cache center-crops them)."""
+    (area fraction in `scale`, aspect ratio in `ratio`), a horizontal flip (with probability `flip_p`) and a
+    rotation of up to `max_rotation` degrees (applied to half the views). The images are square (the cache and the
+    processor center-crop them). The draws do not depend on `flip_p` or `ratio`."""
     area = _uniform(generator, shape, *scale, device)
-    log_ratio = _uniform(generator, shape, math.log(3 / 4), math.log(4 / 3), device)
+    log_ratio = _uniform(generator, shape, math.log(ratio[0]), math.log(ratio[1]), device)
     half_w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
     half_h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
     center_x = _uniform(generator, shape, -1.0, 1.0, device) * (1 - half_w)
     center_y = _uniform(generator, shape, -1.0, 1.0, device) * (1 - half_h)
-    sign = torch.where(_chance(generator, shape, 0.5, device), -1.0, 1.0)
+    sign = torch.where(_chance(generator, shape, flip_p, device), -1.0, 1.0)
     angle = _uniform(generator, shape, -max_rotation, max_rotation, device) * _chance(generator, shape, 0.5, device)
     cos, sin = torch.cos(angle.deg2rad()), torch.sin(angle.deg2rad())
     row_x = torch.stack([cos * half_w * sign, -sin * half_h, center_x], dim=-1)
@@ -63,6 +65,20 @@ def _sample_views(images: torch.Tensor, thetas: torch.Tensor, size: int) -> torc
     out = F.grid_sample(images, grid.view(batch, views * size, size, 2), mode="bilinear", padding_mode="zeros",
                         align_corners=False)
     return out.view(batch, images.shape[1], views, size, size).permute(2, 0, 1, 3, 4)
+
+
+@torch.no_grad()
+def finetune_view(images: torch.Tensor, generator: torch.Generator, scale=(0.7, 1.0), max_rotation: float = 10.0,
+                  flip: bool = False, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Fine-tuning's augmentation of a batch of processed `pixel_values (B, C, S, S)`: one random resized crop
+    (area fraction in `scale`, aspect ratio in `ratio`) and, for half the images, a rotation of up to `max_rotation` degrees, back at the same
+    size in one `grid_sample`; outside the image is 0, i.e. the normalisation mean. No flip unless asked: left and
+    right carry meaning in radiographs (the heart, a marker)."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"finetune_view takes square (B, C, S, S) pixel_values, got shape {tuple(images.shape)}")
+    thetas = _crop_thetas(generator, (images.shape[0], 1), scale, max_rotation, images.device,
+                          flip_p=0.5 if flip else 0.0, ratio=ratio)
+    return _sample_views(images.float(), thetas, images.shape[-1])[0].to(images.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- intensity
@@ -261,4 +277,4 @@ class PretrainViews:
         return views
 
 
-__all__ = ["PretrainViews", "bezier_intensity", "genesis", "local_shuffle", "paint", "photometric", "step_generator"]
+__all__ = ["PretrainViews", "bezier_intensity", "finetune_view", "genesis", "local_shuffle", "paint", "photometric", "step_generator"]

@@ -2,14 +2,22 @@
 
 Full fine-tuning or a linear probe, a stratified label fraction drawn with a fixed seed, early stopping and
 best-model selection on validation macro AUROC, the project's own `evaluate` metrics, and a results JSON per run.
+
+The training and validation splits go through the processor once, into tensors on the training device
+(`TensorRows`), and every batch is gathered there with one index operation; the augmentation (random resized crop
+and rotation, `augment.finetune_view`) is made on the device in batches, in the Trainer's `compute_loss`, from a
+generator seeded by (seed, step, rank). A split too large for `TENSORIZE_MAX_BYTES` goes through the processor
+batch by batch instead. The test split always does, exactly as `mednet evaluate` reads it.
 """
 
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -17,10 +25,54 @@ from transformers import (
     EarlyStoppingCallback,
     Trainer,
     TrainingArguments,
+    default_data_collator,
 )
 
 from mednet_hf.data import class_names, load_medical_dataset, medical_transform
 from mednet_hf.metrics import classification_metrics, per_class_scalars
+
+from .augment import finetune_view, step_generator
+
+# Above this a split is not held as tensors (float32 pixel_values): ~2 GiB is 680k images at 28 px, 10k at 224 px.
+TENSORIZE_MAX_BYTES = 2 * 2**30
+
+
+class TensorRows(torch.utils.data.Dataset):
+    """A split already through the processor, held as tensors on one device. `__getitems__` gathers a whole batch
+    with one index operation, which torch's DataLoader uses in place of one `__getitem__` per image."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor):
+        self.pixel_values, self.labels = pixel_values, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+    def __getitems__(self, indices) -> dict:
+        index = torch.as_tensor(indices, device=self.labels.device)
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
+def _collate(batch):
+    """Batches gathered by `TensorRows` pass as they are; rows of a `datasets` split are stacked as usual."""
+    return batch if isinstance(batch, dict) else default_data_collator(batch)
+
+
+def tensorize(split, transform, device, name: str, chunk: int = 512) -> "TensorRows | None":
+    """`split` through the processor (`transform`, the same path as `with_transform`) once, onto `device`; `None`
+    when it would take more than `TENSORIZE_MAX_BYTES`."""
+    rows = split.with_transform(transform)
+    first = rows[:1]
+    if first["pixel_values"][0].numel() * 4 * split.num_rows > TENSORIZE_MAX_BYTES:
+        return None
+    pixels, labels = [], []
+    for start in tqdm(range(0, split.num_rows, chunk), desc=f"preprocess {name}", unit="batch", leave=False):
+        batch = rows[start : start + chunk]
+        pixels.append(batch["pixel_values"])
+        labels.append(batch["labels"])
+    return TensorRows(torch.cat(pixels).to(device), torch.cat(labels).to(device))
 
 
 def _check_classes(train, names: list[str], multi_label: bool, dataset: str, data_dir) -> None:
@@ -37,9 +89,21 @@ def _check_classes(train, names: list[str], multi_label: bool, dataset: str, dat
 
 
 class _Trainer(Trainer):
-    """The Trainer, except that a last training batch of one image is dropped (the order is shuffled, so it is a
-    different image each epoch): BatchNorm cannot normalise a batch of one, and training would stop with its error.
-    Evaluation keeps every image."""
+    """The Trainer, with the augmentation made on the device in `compute_loss` (training steps only), and a last
+    training batch of one image dropped (the order is shuffled, so it is a different image each epoch): BatchNorm
+    cannot normalise a batch of one, and training would stop with its error. Evaluation keeps every image."""
+
+    def __init__(self, *args, augment=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.augment = augment
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.augment is not None and model.training:
+            pixels = inputs["pixel_values"]
+            generator = step_generator(self.args.seed, self.state.global_step, self.args.process_index, pixels.device,
+                                       stream="finetune")
+            inputs = {**inputs, "pixel_values": self.augment(pixels, generator)}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def get_train_dataloader(self):
         single = len(self.train_dataset) % self.args.train_batch_size == 1
@@ -93,7 +157,10 @@ class FinetuneArguments:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     patience: int = field(default=3, metadata={"help": "early stopping: evaluations without improvement"})
-    seed: int = field(default=0, metadata={"help": "seed of the label subset, the order and the initialisation"})
+    seed: int = field(default=0, metadata={"help": "seed of the label subset, the order, the augmentation and the initialisation"})
+    augment: bool = field(default=True, metadata={"help": "random resized crop (0.7 to 1 of the area) and rotation (up to 10 degrees), "
+                                                           "made on the device in batches"})
+    hflip: bool = field(default=False, metadata={"help": "also flip left-right (off: laterality matters in radiographs)"})
     no_checks: bool = field(default=False, metadata={"help": "accept data files whose md5 differs from the official one"})
     options: dict = field(default_factory=dict, metadata={"help": "dataset builder option, e.g. filename=x.npz", "flag": "--option"})
     report_to: str = field(default="tensorboard", metadata={"help": "Trainer loggers: tensorboard, none, ..."})
@@ -137,15 +204,20 @@ def finetune(*args, **kwargs) -> dict:
         logging_steps=10, seed=run.seed, data_seed=run.seed, remove_unused_columns=False, report_to=run.report_to,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
     )
+    train_rows = tensorize(train, transform, args.device, "train")
+    validation_rows = tensorize(splits["validation"], transform, args.device, "validation")
+    if train_rows is not None or validation_rows is not None:
+        args.dataloader_pin_memory = False  # their batches are on the device already (and CUDA tensors cannot be pinned)
 
     def compute_metrics(prediction) -> dict:
         return per_class_scalars(classification_metrics(prediction.predictions, prediction.label_ids, multi_label), names)
 
     trainer = _Trainer(
-        model=classifier, args=args, train_dataset=train.with_transform(transform),
-        eval_dataset=splits["validation"].with_transform(transform), compute_metrics=compute_metrics,
-        processing_class=processor,  # every checkpoint the Trainer writes carries the processor
+        model=classifier, args=args, train_dataset=train.with_transform(transform) if train_rows is None else train_rows,
+        eval_dataset=splits["validation"].with_transform(transform) if validation_rows is None else validation_rows, compute_metrics=compute_metrics,
+        data_collator=_collate, processing_class=processor,  # every checkpoint the Trainer writes carries the processor
         callbacks=[EarlyStoppingCallback(early_stopping_patience=run.patience)],
+        augment=partial(finetune_view, flip=run.hflip) if run.augment else None,
     )
     trainer.train()
     # every evaluation during training (epoch, eval_auroc, ...), before the final ones: convergence curves
@@ -159,7 +231,7 @@ def finetune(*args, **kwargs) -> dict:
     record = {
         "model": str(model), "dataset": dataset, "label_fraction": run.label_fraction, "linear_probe": run.linear_probe,
         "arguments": asdict(run),
-        "train_rows": train.num_rows, "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_rows": train.num_rows, "tensorized": train_rows is not None, "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
         "validation": validation, "test": test, "seconds": time.perf_counter() - started, "export": str(best),
         "history": history,
     }
@@ -169,4 +241,4 @@ def finetune(*args, **kwargs) -> dict:
     return record
 
 
-__all__ = ["FinetuneArguments", "finetune"]
+__all__ = ["FinetuneArguments", "TensorRows", "finetune", "tensorize"]
