@@ -1,43 +1,39 @@
-"""Build a MedNet release from a pretraining run: the fp16 bundle shipped in `mednet_hf/bundled/<variant>/`,
-the transfer benchmark (MedNet vs the same network from scratch, same step budget and seed) whose run records go
-to `model_cards/records/<variant>/`, and the model card rendered from those records.
+"""Ship a MedNet release: the fp16 bundle in `mednet_hf/bundled/<variant>/`, its run records in
+`model_cards/records/<variant>/` (the pretraining record and the `mednet benchmark` study, with its plots), and the
+model card rendered from them.
 
-    python model_cards/build_release.py --variant gray --run runs/pretrain-gray
+    # a pretraining run made here (e.g. on the CPU), then the transfer study run here on the new bundle
+    python model_cards/build_release.py --variant gray --run runs/release-gray-cpu --task pneumonia --seed 0
+    # the GPU release: what `model_cards/release_run.sh` returned (fp16 shards + records, study included)
+    python model_cards/build_release.py --variant gray --device-out /work/.device/<files_at>
+    # re-render the card from the records
+    python model_cards/build_release.py --variant gray --card-only
 """
 
 import argparse
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
-import torch
-
 from mednet_hf import MedNetImageProcessor, MedNetModel
 from mednet_hf.bundled import BUNDLED_DIR
-from mednet_hf.model_card import check_card, render_model_card
-from mednet_hf.training.finetune import finetune
+from mednet_hf.model_card import FIGURES, check_card, render_model_card
 
 HERE = Path(__file__).resolve().parent
-DATA_DIR = Path(os.environ.get("MEDNET_DATA_DIR", HERE.parents[1] / "shared" / "data"))
-# The held-out task each variant is evaluated on. PneumoniaMNIST is not in the gray recipe; BloodMNIST is the only
-# labelled color set here, so the color numbers are in-domain (its train labels were a pretraining source).
-TASKS = {
-    "gray": {"dataset": "medmnist:pneumoniamnist", "options": {"filename": "pneumoniamnist_subset.npz"}, "no_checks": True},
-    "color": {"dataset": "medmnist:bloodmnist", "options": {}, "no_checks": False},
-}
-SETTINGS = [(0.1, False), (1.0, False), (1.0, True)]  # (label fraction, linear probe)
 MAX_BYTES = 25 * 1024 * 1024
 
 
-def export_bundle(run: Path, variant: str) -> Path:
-    """The run's backbone in fp16 (half the bytes); config.json keeps float32, so it loads (and runs) in float32."""
+def export_bundle(model_dir: Path, variant: str) -> Path:
+    """The backbone in fp16 as one `model.safetensors` (half the bytes); config.json keeps float32, so it loads and
+    runs in float32. Sharded input (a device run's) is joined."""
     target = BUNDLED_DIR / variant
     shutil.rmtree(target, ignore_errors=True)
-    model = MedNetModel.from_pretrained(run / "final").half()
-    model.save_pretrained(target)
-    MedNetImageProcessor.from_pretrained(run / "final").save_pretrained(target)  # medical options; geometry is in config.json
+    model = MedNetModel.from_pretrained(model_dir).half()
+    model.save_pretrained(target, max_shard_size="1GB")
+    MedNetImageProcessor.from_pretrained(model_dir).save_pretrained(target)  # medical options; geometry is in config.json
     for code in target.glob("*.py"):  # the installer links the package's own modules instead (no stale copies)
         code.unlink()
     config = json.loads((target / "config.json").read_text())
@@ -49,50 +45,100 @@ def export_bundle(run: Path, variant: str) -> Path:
     return target
 
 
-def transfer_benchmark(bundle: Path, variant: str, records: Path, max_steps: int) -> None:
-    task = TASKS[variant]
-    scratch = Path(tempfile.mkdtemp(prefix="mednet-scratch-"))
-    torch.manual_seed(0)
-    MedNetModel(MedNetModel.config_class.from_pretrained(bundle)).save_pretrained(scratch)
-    for init, model in (("mednet", bundle), ("scratch", scratch)):
-        for fraction, probe in SETTINGS:
-            with tempfile.TemporaryDirectory() as out:
-                record = finetune(
-                    str(model), task["dataset"], DATA_DIR / "medmnist", out, label_fraction=fraction, linear_probe=probe,
-                    max_steps=max_steps, batch_size=64, lr=1e-3, seed=0, report_to="none",
-                    no_checks=task["no_checks"], options=task["options"],
-                )
-            record.update(init=init, model=f"mednet/{variant}" if init == "mednet" else f"{variant} {model.name} (random init)")
-            record.pop("export", None)
-            record.pop("best_checkpoint", None)
-            name = f"finetune-{init}-{'probe' if probe else 'full'}-{fraction:g}.json"
-            (records / name).write_text(json.dumps(record, indent=1, default=float))
-            print(f"{init:8} {'probe' if probe else 'full':5} {fraction:>4g}: test AUROC {record['test']['test_auroc']:.4f}, "
-                  f"accuracy {record['test']['test_accuracy']:.4f}")
-    shutil.rmtree(scratch, ignore_errors=True)
+def pretrain_record(run: Path, wall_seconds: float | None, hardware: str | None, note: str | None) -> dict:
+    """The run's record; fields a record from an older loop lacks (rows, epochs, wall time, hardware) are filled
+    from the recipe's sources and the command line."""
+    record = json.loads((run / "results.json").read_text())
+    record.pop("export", None)
+    if "data" not in record:
+        from mednet_hf.training.data import pretraining_data
+        from mednet_hf.training.recipe import Recipe, Source
+
+        raw = dict(record["recipe"])
+        recipe = Recipe(**{**raw, "sources": [Source(**s) for s in raw["sources"]]})
+        data = pretraining_data(recipe)  # the cache the run read
+        record["data"] = [{"name": s.name, "dataset": s.dataset, "rows": int(n), "labelled": bool(c)}
+                          for s, n, c in zip(recipe.sources, data.counts.tolist(), data.classes)]
+        record["epochs"] = record["steps"] * recipe.batch_size * record["processes"] / len(data)
+    if wall_seconds:
+        record["wall_seconds"] = wall_seconds
+    if hardware:
+        record["hardware"] = hardware
+    if note:
+        record["note"] = note
+    missing = [k for k in ("wall_seconds", "hardware") if k not in record]
+    if missing:
+        raise SystemExit(f"{run / 'results.json'} has no {missing}: pass --wall-seconds / --hardware")
+    return record
+
+
+def keep_benchmark(bench: Path, records: Path) -> None:
+    shutil.copy2(bench / "results.json", records / "benchmark.json")
+    shutil.copy2(bench / "results.md", records / "benchmark.md")
+    for name in FIGURES:
+        if (bench / name).is_file():
+            shutil.copy2(bench / name, records / name)
+
+
+def render(variant: str, records: Path, bundle: Path) -> None:
+    for name in FIGURES:  # the bundle's card shows the plots from beside it
+        if (records / name).is_file():
+            shutil.copy2(records / name, bundle / name)
+    template, repo_id = HERE / "template.md", f"mednet/{variant}"
+    card = render_model_card(variant, records, template, repo_id=repo_id)
+    check_card(card, records)
+    (bundle / "README.md").write_text(str(card))
+    (HERE / f"{variant}.md").write_text(str(render_model_card(variant, records, template, repo_id, figures=f"records/{variant}/")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=sorted(TASKS), required=True)
-    parser.add_argument("--run", type=Path, help="a `mednet pretrain` output folder")
-    parser.add_argument("--max-steps", type=int, default=200, help="fine-tuning budget, the same for every init")
-    parser.add_argument("--card-only", action="store_true", help="only render the card from the existing records")
+    parser.add_argument("--variant", choices=["gray", "color"], required=True)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", type=Path, help="a `mednet pretrain` output folder (results.json, final/)")
+    source.add_argument("--device-out", type=Path, help="the files `model_cards/release_run.sh` returned")
+    source.add_argument("--card-only", action="store_true", help="only render the card from the existing records")
+    parser.add_argument("--benchmark", type=Path, help="an existing `mednet benchmark` output folder for this release")
+    parser.add_argument("--quick", action="store_true", help="the study's quick block")
+    parser.add_argument("--task", action="append", help="study tasks to run (default: all)")
+    parser.add_argument("--seed", type=int, action="append", help="seeds (default: the study's)")
+    parser.add_argument("--label-fraction", type=float, action="append", help="label fractions (default: the study's)")
+    parser.add_argument("--epochs", type=float, help="fine-tuning epochs (default: the study's)")
+    parser.add_argument("--wall-seconds", type=float, help="the pretraining run's wall time, if its record lacks it")
+    parser.add_argument("--hardware", help="what it ran on, if its record lacks it")
+    parser.add_argument("--note", help="what else the card must say about the run (e.g. an interruption)")
     args = parser.parse_args()
     records, bundle = HERE / "records" / args.variant, BUNDLED_DIR / args.variant
-    if not args.card_only:
-        shutil.rmtree(records, ignore_errors=True)
-        records.mkdir(parents=True)
-        pretrain = json.loads((args.run / "results.json").read_text())
-        pretrain.pop("export", None)
-        (records / "pretrain.json").write_text(json.dumps(pretrain, indent=1))
-        bundle = export_bundle(args.run, args.variant)
-        transfer_benchmark(bundle, args.variant, records, args.max_steps)
-    card = render_model_card(args.variant, records, HERE / "template.md", repo_id=f"mednet/{args.variant}")
-    check_card(card, records)
-    (bundle / "README.md").write_text(str(card))
-    (HERE / f"{args.variant}.md").write_text(str(card))
-    print(f"bundle: {bundle} ({(bundle / 'model.safetensors').stat().st_size / 2**20:.1f} MiB); card: {HERE / f'{args.variant}.md'}")
+    if args.card_only:
+        return render(args.variant, records, bundle)
+    shutil.rmtree(records, ignore_errors=True)
+    records.mkdir(parents=True)
+    if args.device_out:
+        with tempfile.TemporaryDirectory() as unpacked:
+            with tarfile.open(args.device_out / f"{args.variant}-records.tar.gz") as tar:
+                tar.extractall(unpacked, filter="data")
+            shutil.copy2(Path(unpacked) / "pretrain.json", records / "pretrain.json")
+            bundle = export_bundle(args.device_out / args.variant, args.variant)
+            if not args.benchmark:
+                keep_benchmark(Path(unpacked) / "bench", records)
+    else:
+        (records / "pretrain.json").write_text(json.dumps(pretrain_record(args.run, args.wall_seconds, args.hardware, args.note), indent=1))
+        bundle = export_bundle(args.run / "final", args.variant)
+    if args.benchmark:
+        keep_benchmark(args.benchmark, records)
+    elif not (records / "benchmark.json").is_file():
+        from mednet_hf.training.benchmark import benchmark, load_study, study_file
+
+        study = load_study(study_file(args.variant), quick=args.quick)
+        out = Path(os.environ.get("MEDNET_RUNS", "runs")) / f"benchmark-{args.variant}-release"
+        shutil.rmtree(out, ignore_errors=True)
+        benchmark(args.variant, out, quick=args.quick, tasks=args.task, model=str(bundle), seeds=args.seed,
+                  label_fractions=args.label_fraction,
+                  finetune=study.finetune | ({"epochs": args.epochs} if args.epochs else {}))
+        keep_benchmark(out, records)
+    render(args.variant, records, bundle)
+    print(f"bundle: {bundle} ({(bundle / 'model.safetensors').stat().st_size / 2**20:.1f} MiB); "
+          f"card: {HERE / f'{args.variant}.md'}; records: {records}")
 
 
 if __name__ == "__main__":

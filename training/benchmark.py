@@ -179,7 +179,8 @@ def _features(model, processor, split, batch_size: int = 256) -> tuple[np.ndarra
     feats, labels = [], []
     for start in range(0, split.num_rows, batch_size):
         batch = transformed[start : start + batch_size]
-        feats.append(model(pixel_values=batch["pixel_values"]).pooler_output.numpy())
+        pixels = batch["pixel_values"].to(model.device)
+        feats.append(model(pixel_values=pixels).pooler_output.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
@@ -196,6 +197,7 @@ def frozen_features(study: Study, task: Task, model_id: str) -> dict:
     splits = load_medical_dataset(name, config or None, resolve_data_dir(task.data_dir),
                                   verification_mode="no_checks" if task.no_checks else None, **task.options)
     model, processor = AutoModel.from_pretrained(model_id).eval(), AutoImageProcessor.from_pretrained(model_id)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     train_x, train_y = _features(model, processor, splits["train"])
     test_x, test_y = _features(model, processor, splits["test"])
     out = {}

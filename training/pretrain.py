@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import time
 import warnings
@@ -130,6 +131,12 @@ def _values(losses: dict) -> dict:
     return dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist())) if losses else {}
 
 
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores)"
+
+
 def _order_lines(pending: list) -> str:
     return "".join(json.dumps({"batch": batch, "index": ids.tolist()}) + "\n" for batch, ids in pending)
 
@@ -137,6 +144,7 @@ def _order_lines(pending: list) -> str:
 def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) -> dict:
     """Run a recipe. `resume`: `"latest"` (the newest checkpoint in `output_dir`) or a checkpoint folder.
     Returns (and writes to `output_dir/results.json`) the run record."""
+    run_started = time.perf_counter()
     recipe = load_recipe(recipe_path, **overrides)
     output_dir = Path(output_dir)
     checkpoint = None
@@ -253,6 +261,11 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     record = {
         "recipe": recipe.to_dict(),
         "steps": step,
+        "epochs": images_per_step * step / len(data),  # source images drawn / images held (sources are sampled by weight)
+        "data": [{"name": s.name, "dataset": s.dataset, "rows": int(n), "labelled": bool(c)}
+                 for s, n, c in zip(recipe.sources, data.counts.tolist(), data.classes)],
+        "wall_seconds": time.perf_counter() - run_started,  # this process's whole call: decoding, steps, checkpoints
+        "hardware": _hardware(device),
         "processes": accelerator.num_processes,
         "final_losses": _values(losses),
         # Source images per second over all processes, from the end of this run's first step (when more followed)
