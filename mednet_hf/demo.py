@@ -15,6 +15,7 @@ per side, and says so on the page.
 """
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 
 from .intensity import WINDOW_PRESETS
-from .medical_io import MedicalImage, MedicalVolume, read_path
-from .predict import READ_ERRORS, load, probabilities
+from .medical_io import MedicalImage, MedicalVolume, read_dicom_header, read_path, reader_for
+from .predict import READ_ERRORS, phi_values, scrub_path, load, probabilities
 
 AUTO_WINDOW = "auto (file / header)"
 MIN_CAM_SIZE = 4
@@ -59,6 +60,7 @@ class Explainer:
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.top_k = min(top_k, len(self.labels))
         self.cam_layer, self.cam_note = self._cam_stage()
+        self._lock = threading.Lock()
 
     def _cam_stage(self) -> tuple[str, str]:
         """The last stage, or the deepest one whose map has at least MIN_CAM_SIZE cells per side at the model's size."""
@@ -85,6 +87,11 @@ class Explainer:
         return (unit.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     def explain(self, image: MedicalImage, window: str | None = None) -> Explanation:
+        # Gradio runs events of several sessions in threads, and a CAM hooks the one shared model: one at a time.
+        with self._lock:
+            return self._explain(image, window)
+
+    def _explain(self, image: MedicalImage, window: str | None) -> Explanation:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -123,6 +130,17 @@ def enlarge(image: np.ndarray) -> np.ndarray:
     """Repeat pixels up to about DISPLAY_SIZE, so the browser does not blur a 28-px input into a smear."""
     factor = max(1, DISPLAY_SIZE // max(image.shape[:2]))
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def shown_name(path) -> str:
+    """The file name as the page may show it: `predict`'s rule (DICOM UIDs hashed, a patient's name or ID replaced)."""
+    header = None
+    if reader_for(path) is not None and reader_for(path).name == "dicom":
+        try:
+            header = read_dicom_header(path)
+        except READ_ERRORS:
+            pass
+    return scrub_path(Path(path).name, phi_values(header) if header is not None else set())
 
 
 def num_positions(content: MedicalImage | MedicalVolume) -> int:
@@ -182,7 +200,7 @@ def build_demo(model: str, examples=(), top_k: int = 3, device: str | None = Non
     def analyse(path, window, index):
         if not path:
             return empty
-        name = Path(path).name
+        name = shown_name(path)
         window = None if window == AUTO_WINDOW else window
         try:
             content = read_path(path)
@@ -237,8 +255,9 @@ def serve(model: str, examples=(), top_k: int = 3, host: str = "127.0.0.1", port
           share: bool = False, block: bool = True):
     """Build and launch the app; returns it (with `block=False`, running in the background)."""
     app = build_demo(model, examples, top_k)
+    # The example files themselves, not their folders: a folder of DICOMs would be served whole, headers included.
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block,
-               allowed_paths=[str(Path(e).parent) for e in examples])
+               allowed_paths=[str(Path(e).resolve()) for e in examples])
     return app
 
 

@@ -66,6 +66,12 @@ class MedicalImageFile(ImageFile.ImageFile):
         self.tile = [ImageFile._Tile("raw", (0, 0) + self.size, 0, (self.mode, 0, 1))]
 
 
+    def load_read(self, read_bytes: int) -> bytes:
+        """Pixels come from the rendering held in memory (`self.fp`). Defining this stops PIL from memory-mapping
+        the file on disk as if it were raw pixels (Pillow 12 tries that for a single raw tile with a filename)."""
+        return self.fp.read(read_bytes)
+
+
 def to_pil(content: MedicalImage | MedicalVolume) -> Image.Image:
     """A PIL image of `content` that carries it in full precision, as `Image.open` of its file gives: for
     pipelines and viewers given a volume slice or an image built in memory."""

@@ -56,7 +56,7 @@ class Unreadable:
     reason: str
 
 
-def _phi_values(header) -> set[str]:
+def phi_values(header) -> set[str]:
     """The PatientName and PatientID of a header (and the name's components), to keep them out of the CSV."""
     values = set()
     for keyword in ("PatientName", "PatientID"):
@@ -67,7 +67,7 @@ def _phi_values(header) -> set[str]:
     return values
 
 
-def _scrub(path: str, phi_values: set[str]) -> str:
+def scrub_path(path: str, phi_values: set[str]) -> str:
     """`path` as it may appear in the output: UIDs hashed, components holding a patient's name or ID replaced."""
     parts = []
     for part in re.split(r"([/\\])", path):
@@ -94,14 +94,14 @@ def collect(inputs) -> tuple[list[_Item], list[Unreadable]]:
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
-            unreadable.append(Unreadable(_scrub(str(raw), set()), "no such file or folder"))
+            unreadable.append(Unreadable(scrub_path(str(raw), set()), "no such file or folder"))
             continue
         if root.is_file():
             reader = reader_for(root)
             header = _header_or_none(root) if reader is not None and reader.name == "dicom" else None
-            phi = _phi_values(header) if header is not None else set()
+            phi = phi_values(header) if header is not None else set()
             if reader is None:
-                unreadable.append(Unreadable(_scrub(str(root), phi), f"not a file type mednet reads ({_suffix(root)})"))
+                unreadable.append(Unreadable(scrub_path(str(root), phi), f"not a file type mednet reads ({_suffix(root)})"))
             else:
                 items.append(_Item(str(root), reader.name, [root], phi))
             continue
@@ -109,14 +109,14 @@ def collect(inputs) -> tuple[list[_Item], list[Unreadable]]:
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
             reader = reader_for(path)
             if reader is None:
-                unreadable.append(Unreadable(_scrub(str(path), set()), f"not a file type mednet reads ({_suffix(path)})"))
+                unreadable.append(Unreadable(scrub_path(str(path), set()), f"not a file type mednet reads ({_suffix(path)})"))
             elif reader.name == "dicom":
                 dicom.append((path, _header_or_none(path)))
             else:
                 items.append(_Item(str(path), reader.name, [path]))
         headers = dict(dicom)
         for paths in group_volumes(dicom):
-            phi = set().union(*(_phi_values(headers[p]) for p in paths if headers[p] is not None))
+            phi = set().union(*(phi_values(headers[p]) for p in paths if headers[p] is not None))
             if len(paths) > 1:
                 items.append(_Item(str(paths[0].parent), "dicom_series", paths, phi))
             else:
@@ -223,7 +223,7 @@ def predict(
             pending.clear()
 
         for item in tqdm(items, desc="mednet predict", unit="input", disable=not progress):
-            shown = _scrub(item.name, item.phi_values)
+            shown = scrub_path(item.name, item.phi_values)
             try:
                 for index, image in _images(item, slice_axis, slice_stride, slice_index):
                     # One image at a time through the processor, so that a failure names its file; the model
@@ -233,10 +233,10 @@ def predict(
                         flush()
             except READ_ERRORS as e:
                 if strict:
-                    raise ValueError(f"{shown}: {_scrub(str(e), item.phi_values)}") from e
-                reason = _scrub(str(e), item.phi_values)
+                    raise ValueError(f"{shown}: {scrub_path(str(e), item.phi_values)}") from e
+                reason = scrub_path(str(e), item.phi_values)
                 for path in {str(p) for p in item.paths} | {item.name}:  # messages begin with the path: keep the rest
-                    reason = reason.replace(_scrub(path, item.phi_values) + ": ", "")
+                    reason = reason.replace(scrub_path(path, item.phi_values) + ": ", "")
                 unreadable.append(Unreadable(shown, reason))
         flush()
     if features is not None:
@@ -248,4 +248,4 @@ def predict(
     return rows, unreadable
 
 
-__all__ = ["Unreadable", "collect", "predict", "probabilities"]
+__all__ = ["Unreadable", "collect", "phi_values", "predict", "probabilities", "scrub_path"]

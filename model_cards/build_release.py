@@ -59,7 +59,7 @@ def pretrain_record(run: Path, wall_seconds: float | None, hardware: str | None,
         data = pretraining_data(recipe)  # the cache the run read
         record["data"] = [{"name": s.name, "dataset": s.dataset, "rows": int(n), "labelled": bool(c)}
                           for s, n, c in zip(recipe.sources, data.counts.tolist(), data.classes)]
-        record["epochs"] = record["steps"] * recipe.batch_size * record["processes"] / len(data)
+        record["epochs"] = record["steps"] * recipe.batch_size * record["processes"] * recipe.grad_accum / len(data)
     if wall_seconds:
         record["wall_seconds"] = wall_seconds
     if hardware:
@@ -91,6 +91,50 @@ def render(variant: str, records: Path, bundle: Path) -> None:
     (HERE / f"{variant}.md").write_text(str(render_model_card(variant, records, template, repo_id, figures=f"records/{variant}/")))
 
 
+README = HERE.parent / "README.md"
+MARKERS = ("<!-- release-results:start (model_cards/build_release.py writes this block) -->", "<!-- release-results:end -->")
+
+
+def readme_block() -> str:
+    """The README's results, from the same records as the cards: per variant, the run and the transfer table."""
+    from mednet_hf.model_card import VARIANT_NAMES, comparison_rows, load_records
+
+    lines = []
+    for variant in ("gray", "color"):
+        records = HERE / "records" / variant
+        if not (records / "benchmark.json").is_file():
+            continue
+        pretrain, bench = load_records(records)
+        recipe = pretrain["recipe"]
+        lines += [f"**{VARIANT_NAMES[variant]}** (`mednet/{variant}`): {recipe['backbone']} at {recipe['image_size']} px, "
+                  f"{pretrain['steps']} steps of {recipe['batch_size']} ({pretrain['epochs']:.1f} epochs of "
+                  f"{sum(d['rows'] for d in pretrain['data']):,} images, {pretrain['wall_seconds'] / 60:.0f} min on "
+                  f"{pretrain['hardware']}). Transfer study ({bench['device']}{', quick' if bench['quick'] else ''}, "
+                  f"{len(bench['study']['seeds'])} seed(s), {bench['study']['finetune'].get('epochs')} epochs):", "",
+                  "| task | domain | labels | MedNet AUROC | scratch AUROC | Δ | epochs to 95% (MedNet / scratch) |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in comparison_rows(bench):
+            e = [f"{x['epochs_to_95'][0]:.1f}" if x["epochs_to_95"] else "–" for x in (r["mednet"], r["scratch"])]
+            lines.append(f"| {r['task']} | {r['domain']} | {r['label_fraction']:.0%} | {r['mednet']['test_auroc'][0]:.3f} | "
+                         f"{r['scratch']['test_auroc'][0]:.3f} | {r['delta']:+.3f} | {e[0]} / {e[1]} |")
+        for task, by_init in bench["frozen"].items():
+            probes = ", ".join(f"{init} {m['linear_probe']['test_auroc']:.3f}" for init, m in by_init.items())
+            knn = ", ".join(f"{init} {m['knn']['test_auroc']:.3f}" for init, m in by_init.items())
+            lines += ["", f"Frozen features on {task} (100% labels, test AUROC): linear probe {probes}; kNN {knn}."]
+        for init, d in (bench.get("dense") or {}).items():
+            lines.append(f"DRIVE vessels ({init}): Dice {d['dice']:.3f} ({d['steps']} steps at {d['size']} px).")
+        lines += ["", f"Card: [`model_cards/{variant}.md`](model_cards/{variant}.md); plots: "
+                  f"[label fractions](model_cards/records/{variant}/label_fractions.png), "
+                  f"[convergence](model_cards/records/{variant}/convergence.png).", ""]
+    return "\n".join(lines)
+
+
+def write_readme() -> None:
+    text = README.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    README.write_text(text[:start] + "\n" + readme_block() + text[end:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=["gray", "color"], required=True)
@@ -110,7 +154,8 @@ def main() -> None:
     args = parser.parse_args()
     records, bundle = HERE / "records" / args.variant, BUNDLED_DIR / args.variant
     if args.card_only:
-        return render(args.variant, records, bundle)
+        render(args.variant, records, bundle)
+        return write_readme()
     shutil.rmtree(records, ignore_errors=True)
     records.mkdir(parents=True)
     if args.device_out:
@@ -137,6 +182,7 @@ def main() -> None:
                   finetune=study.finetune | ({"epochs": args.epochs} if args.epochs else {}))
         keep_benchmark(out, records)
     render(args.variant, records, bundle)
+    write_readme()
     print(f"bundle: {bundle} ({(bundle / 'model.safetensors').stat().st_size / 2**20:.1f} MiB); "
           f"card: {HERE / f'{args.variant}.md'}; records: {records}")
 

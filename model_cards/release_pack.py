@@ -126,11 +126,14 @@ def main() -> None:
     target = RELEASE / args.variant
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
+    shutil.rmtree(RELEASE / "wheels", ignore_errors=True)  # two versions of one package would stop the install there
     download_wheels(RELEASE / "wheels")
     pack_targets(args.variant, data_dir, target)
     fixed = sum(p.stat().st_size for p in [*RELEASE.joinpath("wheels").iterdir(), *target.rglob("*")] if p.is_file())
     bundled = sum(p.stat().st_size for p in (REPO / "mednet_hf" / "bundled").rglob("*.safetensors"))
     room = LIMIT - (tree_bytes() - bundled) - fixed - 2 * 2**20  # 2 MiB to spare
+    if room <= 0:
+        raise SystemExit(f"no room left for the sources: the tree, wheels and targets take {(LIMIT - room) / 2**20:.1f} MiB")
     manifest = pack_sources(args.variant, target, budget=int(room * 1.3))  # npz compresses these ~1.4x (measured)
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1))
     carried = fixed + (target / "pretrain.npz").stat().st_size + (target / "manifest.json").stat().st_size

@@ -69,11 +69,11 @@ def run_pretrain(args) -> None:
                 "cache_dir": str(work / "cache"), "log_every": 50}
     data = expand_sources(args.variant, pack, load_recipe(recipe_path, **settings))
     probe = pretrain(recipe_path, work / "probe", steps=args.probe_steps, warmup_steps=1, checkpoint_every=10**9, **settings)
-    steps = max(args.min_steps, int(args.seconds * probe["images_per_second"] / settings["batch_size"]))
+    recipe = load_recipe(recipe_path, **settings)
+    steps = max(args.min_steps, int(args.seconds * probe["images_per_second"] / (settings["batch_size"] * recipe.grad_accum)))
     record = pretrain(recipe_path, work / "run", steps=steps, warmup_steps=max(10, steps // 20),
                       checkpoint_every=max(100, steps // 4), **settings)
-    record.update(data=data, probe_images_per_second=probe["images_per_second"],
-                  hardware=torch.cuda.get_device_name(0) if cuda else "cpu", seconds_budget=args.seconds)
+    record.update(packed=data, probe_images_per_second=probe["images_per_second"], seconds_budget=args.seconds)
     (work / "pretrain.json").write_text(json.dumps(record, indent=1))
     model = out / args.variant
     MedNetModel.from_pretrained(work / "run" / "final").half().save_pretrained(model, max_shard_size="14MB")
@@ -102,10 +102,12 @@ def run_bench(args) -> None:
 
 
 def pack_records(variant: str, work: Path, out: Path) -> None:
-    """Everything but the weights in one file (few files come back): records, tables, plots, every run's record."""
+    """Everything but the weights in one file (8 files come back at most): records, logs, tables, plots, every run's
+    record. The weights (2 shards for ResNet-18, its index, config and processor) make 5 more."""
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / f"{variant}-records.tar.gz", "w:gz") as tar:
-        for path in [work / "pretrain.json", REPO / ".release" / variant / "manifest.json", work / "bench"]:
+        for path in [work / "pretrain.json", REPO / ".release" / variant / "manifest.json", work / "bench",
+                     *sorted(work.glob("*.log"))]:
             if path.exists():
                 tar.add(path, arcname=path.name, filter=lambda m: None if m.name.endswith((".safetensors", ".bin", ".pt")) else m)
 

@@ -20,11 +20,23 @@ export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HOME
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU"
 pretrain_s=$(( total * 2 / 5 - 60 > 5 ? total * 2 / 5 - 60 : 5 ))  # the rest: probe, start-up, export and the benchmark
 # PRETRAIN_ARGS / BENCH_ARGS: extra options (the CPU rehearsal: --probe-steps 2 --min-steps 3; --seed 0 --epochs 1)
-python3 model_cards/release_run.py pretrain --variant "$variant" --seconds "$pretrain_s" --out "$OUT" ${PRETRAIN_ARGS:-} 2>&1 \
-  | grep -v "it/s]$" | tee "$OUT/$variant-pretrain.log" | tail -40
-left=$(( total - (SECONDS - start) - 15 ))
-echo "benchmark: ${left} s left"
-timeout --signal=INT "$left" python3 model_cards/release_run.py bench --variant "$variant" --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
-  | grep -v "it/s]$" | tee "$OUT/$variant-bench.log" | tail -40
-python3 model_cards/release_run.py records --variant "$variant" --out "$OUT"
+work=/tmp/mednet-release
+mkdir -p "$work"
+python3 model_cards/release_run.py pretrain --variant "$variant" --seconds "$pretrain_s" --work "$work" --out "$OUT" \
+  ${PRETRAIN_ARGS:-} 2>&1 | grep -v "it/s]$" | tee "$work/$variant-pretrain.log" | tail -40
+status=${PIPESTATUS[0]}
+python3 model_cards/release_run.py records --variant "$variant" --work "$work" --out "$OUT"  # the record, even if what follows fails
+[ "$status" -eq 0 ] || { echo "pretraining failed (exit $status): no benchmark" >&2; exit 1; }
+left=$(( total - (SECONDS - start) - 30 ))
+if [ "$left" -gt 30 ]; then
+  echo "benchmark: ${left} s left"
+  # SIGINT first: the study stops after the run in progress and writes what finished; -k: killed 20 s later if not
+  timeout -k 20 --signal=INT "$left" python3 model_cards/release_run.py bench --variant "$variant" --work "$work" \
+    --out "$OUT" ${BENCH_ARGS:-} 2>&1 | grep -v "it/s]$" | tee "$work/$variant-bench.log" | tail -40
+else
+  echo "benchmark skipped: only ${left} s left" >&2
+fi
+python3 model_cards/release_run.py records --variant "$variant" --work "$work" --out "$OUT"
 ls -la "$OUT" "$OUT/$variant"
+count=$(find "$OUT" -type f | wc -l)
+[ "$count" -le 8 ] || echo "WARNING: $count files in \$OUT; only 8 come back" >&2

@@ -8,7 +8,8 @@ import yaml
 from conftest import REPO_ROOT, data_path
 
 from mednet_hf.cli import main as cli_main
-from mednet_hf.training.benchmark import epochs_to_reach, load_study, study_file
+from mednet_hf.training.benchmark import _command, epochs_to_reach, load_study, study_file
+from mednet_hf.training.finetune import FinetuneArguments
 
 
 def test_epochs_to_reach_the_share_of_the_best():
@@ -16,6 +17,24 @@ def test_epochs_to_reach_the_share_of_the_best():
     assert epochs_to_reach(history, 0.95) == 2.0  # 0.86 ≥ 0.95 × 0.9
     assert epochs_to_reach(history, 1.0) == 3.0
     assert epochs_to_reach([], 0.95) is None
+
+
+def test_recorded_command_reproduces_every_option():
+    """The command a run records parses back to the same arguments, a True-default option turned off included."""
+    import argparse
+    import shlex
+
+    from mednet_hf.cli import add_dataclass_arguments
+
+    arguments = FinetuneArguments(model="m", dataset="medmnist:pneumoniamnist", augment=False, no_checks=True,
+                                  label_fraction=0.1, options={"filename": "x.npz"})
+    command = _command(arguments)
+    assert "--no-augment" in command and "--no-checks" in command
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, FinetuneArguments)
+    parsed = vars(parser.parse_args(shlex.split(command)[2:]))
+    parsed["options"] = dict(parsed["options"])
+    assert FinetuneArguments(**parsed) == arguments
 
 
 def test_packaged_studies_load_and_quick_replaces_what_it_names():

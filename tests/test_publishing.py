@@ -52,6 +52,19 @@ def test_cards_render_from_run_records_and_pass_the_metadata_check(variant):
         check_card(type(card)(f"---\n{card.data.to_yaml()}\n---\n{card.text}"), RECORDS / variant)
 
 
+def test_readme_results_are_the_records():
+    """The README's results block is what build_release.py renders from the records, not hand-edited numbers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_release", REPO_ROOT / "model_cards" / "build_release.py")
+    build_release = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_release)
+    text = (REPO_ROOT / "README.md").read_text()
+    start, end = (text.index(m) for m in build_release.MARKERS)
+    block = text[start + len(build_release.MARKERS[0]) : end]
+    assert block == "\n" + build_release.readme_block() and "| pneumonia | out |" in block
+
+
 def test_bundled_checkpoints_load_offline_in_a_fresh_process(tmp_path):
     image = str(data_path(XRAY))
     code = f"""

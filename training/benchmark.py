@@ -143,8 +143,8 @@ def _command(arguments: FinetuneArguments) -> str:
         value = getattr(arguments, spec.name)
         flag = spec.metadata.get("flag", "--" + spec.name.replace("_", "-"))
         if spec.name in ("model", "dataset") or value != getattr(defaults, spec.name):
-            if isinstance(value, bool):
-                parts += [flag] if value else []
+            if isinstance(value, bool):  # only differing values get here: --flag, or --no-flag for a default of True
+                parts += [flag if value else "--no-" + flag.removeprefix("--")]
             elif isinstance(value, dict):
                 parts += [x for key, v in value.items() for x in (flag, f"{key}={v}")]
             else:
@@ -242,6 +242,8 @@ def _cell(value) -> str:
 def markdown(results: dict) -> str:
     lines = [f"# Transfer study: {results['study']['model']} ({results['study']['variant']})", "",
              f"{results['device']}; {len(results['runs'])} fine-tuning runs; {results['seconds']:.0f} s.", ""]
+    if results.get("interrupted"):
+        lines.append("**Interrupted:** only the runs below finished; the study is incomplete.")
     for init, why in results["skipped"].items():
         lines.append(f"- `{init}` skipped: {why}.")
     lines += ["", "## Fine-tuning (test split, mean ± std over seeds)", "",
@@ -339,34 +341,41 @@ def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = 
     plan = [(t, i, f, s) for t in study.tasks for i in inits for f in study.label_fractions for s in study.seeds]
     extra = len(study.tasks) * len(inits) + (len(inits) if study.dense else 0)
     runs, frozen, dense = [], {}, {}
-    with tqdm(total=len(plan) + extra, desc="benchmark", unit="run") as progress:
-        for task, init, fraction, seed in plan:
-            progress.set_postfix_str(f"{task.name} {init} {fraction:.0%} seed {seed}")
-            run_dir = output_dir / "runs" / f"{task.name}-{init}-{fraction:g}-seed{seed}"
-            runs.append(run_finetune(study, task, init, inits[init], fraction, seed, run_dir))
-            for weights in [*run_dir.glob("checkpoint-*"), run_dir / "best"]:  # its command rebuilds them; disks are finite
-                shutil.rmtree(weights, ignore_errors=True)
-            progress.update(1)
-        for task in study.tasks:
-            for init, model in inits.items():
-                progress.set_postfix_str(f"{task.name} {init} frozen features")
-                frozen.setdefault(task.name, {})[init] = frozen_features(study, task, model)
+    interrupted = False
+    try:
+        with tqdm(total=len(plan) + extra, desc="benchmark", unit="run") as progress:
+            for task, init, fraction, seed in plan:
+                progress.set_postfix_str(f"{task.name} {init} {fraction:.0%} seed {seed}")
+                run_dir = output_dir / "runs" / f"{task.name}-{init}-{fraction:g}-seed{seed}"
+                runs.append(run_finetune(study, task, init, inits[init], fraction, seed, run_dir))
+                for weights in [*run_dir.glob("checkpoint-*"), run_dir / "best"]:  # its command rebuilds them; disks are finite
+                    shutil.rmtree(weights, ignore_errors=True)
                 progress.update(1)
-        if study.dense:
-            from .dense import drive_dice
+            for task in study.tasks:
+                for init, model in inits.items():
+                    progress.set_postfix_str(f"{task.name} {init} frozen features")
+                    frozen.setdefault(task.name, {})[init] = frozen_features(study, task, model)
+                    progress.update(1)
+            if study.dense:
+                from .dense import drive_dice
 
-            for init, model in inits.items():
-                progress.set_postfix_str(f"DRIVE {init}")
-                options = {k: v for k, v in study.dense.items() if k != "data_dir"}
-                dense[init] = drive_dice(model, resolve_data_dir(study.dense["data_dir"]), **options)
-                progress.update(1)
+                for init, model in inits.items():
+                    progress.set_postfix_str(f"DRIVE {init}")
+                    options = {k: v for k, v in study.dense.items() if k != "data_dir"}
+                    dense[init] = drive_dice(model, resolve_data_dir(study.dense["data_dir"]), **options)
+                    progress.update(1)
+    except KeyboardInterrupt:  # Ctrl-C or a time limit's SIGINT: keep and report the runs that finished
+        interrupted = True
+        print(f"benchmark interrupted: writing the {len(runs)} finished run(s)")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     results = {"study": asdict(study), "study_file": str(study_path), "quick": quick, "device": device, "skipped": skipped,
+               "interrupted": interrupted,
                "runs": runs, "summary": summarise(runs), "frozen": frozen, "dense": dense,
                "seconds": time.perf_counter() - started}
     (output_dir / "results.json").write_text(json.dumps(results, indent=1))
     (output_dir / "results.md").write_text(markdown(results))
-    plot(results, output_dir)
+    if runs:
+        plot(results, output_dir)
     return results
 
 
