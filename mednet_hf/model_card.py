@@ -21,7 +21,7 @@ def load_records(folder) -> tuple[dict, dict]:
 
 def comparison_rows(benchmark: dict) -> list[dict]:
     """One row per task and label fraction: MedNet against scratch (and ImageNet where it ran), means over seeds,
-    the difference, and whether MedNet won."""
+    the difference, and whether MedNet won: by more than the larger standard deviation over seeds."""
     by_key = {(r["task"], r["label_fraction"], r["init"]): r for r in benchmark["summary"]}
     rows = []
     for task, fraction in sorted({(r["task"], r["label_fraction"]) for r in benchmark["summary"]}):
@@ -30,8 +30,10 @@ def comparison_rows(benchmark: dict) -> list[dict]:
             continue
         imagenet = by_key.get((task, fraction, "imagenet"))
         delta = mednet["test_auroc"][0] - scratch["test_auroc"][0]
+        spread = max(mednet["test_auroc"][1], scratch["test_auroc"][1])  # std over seeds (0 with one seed)
         rows.append({"task": task, "domain": mednet["domain"], "label_fraction": fraction, "seeds": mednet["seeds"],
-                     "mednet": mednet, "scratch": scratch, "imagenet": imagenet, "delta": delta, "wins": delta > 0})
+                     "mednet": mednet, "scratch": scratch, "imagenet": imagenet, "delta": delta,
+                     "wins": delta > spread})  # a win only where the difference is larger than the seeds' spread
     return rows
 
 

@@ -117,6 +117,9 @@ def readme_block() -> str:
             e = [f"{x['epochs_to_95'][0]:.1f}" if x["epochs_to_95"] else "–" for x in (r["mednet"], r["scratch"])]
             lines.append(f"| {r['task']} | {r['domain']} | {r['label_fraction']:.0%} | {r['mednet']['test_auroc'][0]:.3f} | "
                          f"{r['scratch']['test_auroc'][0]:.3f} | {r['delta']:+.3f} | {e[0]} / {e[1]} |")
+        losses = [f"{r['task']} at {r['label_fraction']:.0%} (Δ {r['delta']:+.3f})" for r in comparison_rows(bench) if not r["wins"]]
+        if losses:
+            lines += ["", "Not a clear win (Δ not larger than the spread over seeds): " + "; ".join(losses) + "."]
         for task, by_init in bench["frozen"].items():
             probes = ", ".join(f"{init} {m['linear_probe']['test_auroc']:.3f}" for init, m in by_init.items())
             knn = ", ".join(f"{init} {m['knn']['test_auroc']:.3f}" for init, m in by_init.items())
@@ -175,8 +178,7 @@ def main() -> None:
         from mednet_hf.training.benchmark import benchmark, load_study, study_file
 
         study = load_study(study_file(args.variant), quick=args.quick)
-        out = Path(os.environ.get("MEDNET_RUNS", "runs")) / f"benchmark-{args.variant}-release"
-        shutil.rmtree(out, ignore_errors=True)
+        out = Path(os.environ.get("MEDNET_RUNS", "runs")) / f"benchmark-{args.variant}-release"  # finished runs are reused
         benchmark(args.variant, out, quick=args.quick, tasks=args.task, model=str(bundle), seeds=args.seed,
                   label_fractions=args.label_fraction,
                   finetune=study.finetune | ({"epochs": args.epochs} if args.epochs else {}))

@@ -1,6 +1,7 @@
 """`mednet benchmark --quick` on real data: the output's structure, and every number traced back to a run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,9 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
         frozen = results["frozen"]["pneumonia"][init]
         assert 0.0 <= frozen["linear_probe"]["test_auroc"] <= 1.0 and 0.0 <= frozen["knn"]["test_auroc"] <= 1.0
     assert results["frozen"]["pneumonia"]["mednet"]["linear_probe"]["test_auroc"] != results["frozen"]["pneumonia"]["scratch"]["linear_probe"]["test_auroc"]
+    # The same study again in the same folder reuses the finished runs (same arguments) instead of repeating them.
+    stamps = {run["record"]: Path(run["record"]).stat().st_mtime_ns for run in results["runs"]}
+    assert cli_main(["benchmark", "--study", str(path), "--output-dir", str(out), "--quick", "--task", "pneumonia"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [r["test_auroc"] for r in again["runs"]] == [r["test_auroc"] for r in results["runs"]]
+    assert {record: Path(record).stat().st_mtime_ns for record in stamps} == stamps

@@ -158,7 +158,12 @@ def run_finetune(study: Study, task: Task, init: str, model: str, fraction: floa
         label_fraction=fraction, seed=seed, no_checks=task.no_checks, options=dict(task.options), report_to="none",
         new_head=True, **study.finetune,
     )
-    record = finetune(arguments)
+    done = output_dir / "results.json"
+    previous = json.loads(done.read_text()) if done.is_file() else {}
+    # A study run again in the same folder (after a stop, or with more seeds) reuses each run that finished with the
+    # same arguments; the initialisations it starts from are seeded, so the run would repeat itself.
+    same = previous.get("arguments") == json.loads(json.dumps(asdict(arguments), default=str)) and previous.get("test")
+    record = previous if same else finetune(arguments)
     return {
         "task": task.name, "domain": task.domain, "init": init, "label_fraction": fraction, "seed": seed,
         "test_auroc": record["test"]["test_auroc"], "test_accuracy": record["test"]["test_accuracy"],
