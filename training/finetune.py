@@ -26,6 +26,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
     default_data_collator,
+    set_seed,
 )
 
 from mednet_hf.data import class_names, load_medical_dataset, medical_transform
@@ -186,6 +187,9 @@ def finetune(*args, **kwargs) -> dict:
     train = _subsample(train, run.label_fraction, multi_label, run.seed)
 
     processor = AutoImageProcessor.from_pretrained(model)
+    # The new head is initialised inside from_pretrained, before the Trainer seeds anything: seed it here, so a
+    # run's recorded command gives the same model in a fresh process as inside a study that ran others first.
+    set_seed(run.seed)
     classifier = AutoModelForImageClassification.from_pretrained(
         model, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
