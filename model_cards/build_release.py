@@ -95,6 +95,12 @@ README = HERE.parent / "README.md"
 MARKERS = ("<!-- release-results:start (model_cards/build_release.py writes this block) -->", "<!-- release-results:end -->")
 
 
+def _epochs(pretrain: dict) -> str:
+    if pretrain["epochs"] is None:  # a streamed source's size is not known
+        return "some sources streamed, so epochs are not counted"
+    return f"{pretrain['epochs']:.1f} epochs of {sum(d['rows'] for d in pretrain['data']):,} images"
+
+
 def readme_block() -> str:
     """The README's results, from the same records as the cards: per variant, the run and the transfer table."""
     from mednet_hf.model_card import VARIANT_NAMES, comparison_rows, load_records
@@ -107,8 +113,7 @@ def readme_block() -> str:
         pretrain, bench = load_records(records)
         recipe = pretrain["recipe"]
         lines += [f"**{VARIANT_NAMES[variant]}** (`mednet/{variant}`): {recipe['backbone']} at {recipe['image_size']} px, "
-                  f"{pretrain['steps']} steps of {recipe['batch_size']} ({pretrain['epochs']:.1f} epochs of "
-                  f"{sum(d['rows'] for d in pretrain['data']):,} images, {pretrain['wall_seconds'] / 60:.0f} min on "
+                  f"{pretrain['steps']} steps of {recipe['batch_size']} ({_epochs(pretrain)}, {pretrain['wall_seconds'] / 60:.0f} min on "
                   f"{pretrain['hardware']}). Transfer study ({bench['device']}{', quick' if bench['quick'] else ''}, "
                   f"{len(bench['study']['seeds'])} seed(s), {bench['study']['finetune'].get('epochs')} epochs):", "",
                   "| task | domain | labels | MedNet AUROC | scratch AUROC | Δ | epochs to 95% (MedNet / scratch) |",

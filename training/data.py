@@ -3,13 +3,15 @@ a `MedNetImageProcessor`), into a uint8 `(N, C, S, S)` tensor cached on disk, th
 
 Each step's rows are drawn from a generator seeded by (seed, step): the source by its sampling weight, then a row
 of it uniformly. All processes draw the same global batch and each takes its own slice, so ranks see different
-examples and a resumed run sees exactly the batches an uninterrupted one would.
+examples and a resumed run sees exactly the batches an uninterrupted one would. A source too big to hold
+(`dataset: hub` with `streaming: true`) is not in the tensor: its rows in a batch are the next ones of this process's
+part of the stream (`streaming.py`), whose state travels with each checkpoint.
 """
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -24,6 +26,7 @@ from mednet_hf.data import load_medical_dataset, medical_transform
 
 from .augment import step_generator
 from .recipe import Recipe, Source, resolve_data_dir
+from .streaming import StreamedSource, open_stream
 
 ROW_STRIDE = 10**9  # example id = source index * ROW_STRIDE + row: stable across runs, names a row in the order log
 DECODE_BATCH = 256
@@ -44,22 +47,35 @@ def cache_key(source: Source, recipe: Recipe) -> str:
     and whether labels are used are not part of it."""
     spec = {
         "dataset": source.dataset, "config": source.config, "size": source.size, "options": source.options,
+        "repo_id": source.repo_id, "revision": source.revision,
         "verification_mode": source.verification_mode,
         "data_dir": str(Path(resolve_data_dir(source.data_dir)).resolve()) if source.data_dir else None,
         "image_size": recipe.image_size, "variant": recipe.variant, "version": mednet_hf.__version__,
         "processor": json.loads(_processor(recipe).to_json_string()),
     }
+    if source.dataset == "hub":  # a branch moves: key on the data datasets downloaded (its own fingerprint)
+        spec["fingerprint"] = _train_split(source)._fingerprint
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _train_split(source: Source) -> datasets.Dataset:
+    if source.dataset == "hub":
+        try:
+            return datasets.load_dataset(source.repo_id, source.config, revision=source.revision, split="train")
+        except Exception as e:  # offline, no such repo, no train split: all end the same way
+            raise ValueError(f"source {source.name!r}: the train split of {source.repo_id!r} cannot be loaded "
+                             f"({type(e).__name__}: {e})") from e
+    return load_medical_dataset(
+        source.dataset, source.config, resolve_data_dir(source.data_dir), size=source.size,
+        verification_mode=source.verification_mode, **source.options,
+    )["train"]
 
 
 def _decode(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A source's train split → uint8 images, class labels (-1 where there are none) and its label metadata."""
-    split = load_medical_dataset(
-        source.dataset, source.config, resolve_data_dir(source.data_dir), size=source.size,
-        verification_mode=source.verification_mode, **source.options,
-    )["train"]
-    label = split.features.get("label")
-    names = list(label.names) if isinstance(label, datasets.ClassLabel) else None
+    split = _train_split(source)
+    metadata = _label_metadata(split.features)
+    names = json.loads(metadata["classes"])
     labels = torch.tensor(split["label"], dtype=torch.long) if names else torch.full((split.num_rows,), -1, dtype=torch.long)
     # Labels are read from the column above; the transform only makes pixels.
     pixels_only = split.remove_columns([c for c in ("label", "labels") if c in split.column_names])
@@ -67,7 +83,6 @@ def _decode(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], di
     batches = BatchSampler(SequentialSampler(range(rows.num_rows)), DECODE_BATCH, drop_last=False)
     loader = DataLoader(rows, sampler=batches, batch_size=None, num_workers=recipe.num_workers)
     images = torch.cat([(batch["pixel_values"] * 255).round_().clamp_(0, 255).to(torch.uint8) for batch in loader])
-    metadata = {"classes": json.dumps(names), "multi_label": json.dumps("labels" in split.features)}
     return {"images": images, "labels": labels}, metadata
 
 
@@ -84,6 +99,12 @@ def load_source(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor]
     save_file(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)  # atomic: another process never reads a half-written cache
     return tensors, metadata
+
+
+def _label_metadata(features: datasets.Features) -> dict[str, str]:
+    label = features.get("label")
+    names = list(label.names) if isinstance(label, datasets.ClassLabel) else None
+    return {"classes": json.dumps(names), "multi_label": json.dumps("labels" in features)}
 
 
 def _classes(source: Source, metadata: dict[str, str]) -> int | None:
@@ -104,15 +125,17 @@ def _classes(source: Source, metadata: dict[str, str]) -> int | None:
 
 @dataclass
 class PretrainingData:
-    """All sources in one tensor: `images (N, C, S, S)` uint8, `labels` and `sources` `(N,)`."""
+    """All held sources in one tensor: `images (N, C, S, S)` uint8, `labels` and `sources` `(N,)`; streamed sources
+    (`streams`, by source index) hold no rows here."""
 
     images: torch.Tensor
     labels: torch.Tensor
     sources: torch.Tensor
     offsets: torch.Tensor  # first row of each source
-    counts: torch.Tensor  # rows of each source
+    counts: torch.Tensor  # rows of each source (0 for a streamed one)
     weights: torch.Tensor  # sampling probability of each source
     classes: list  # per source: number of classes, or None if unlabelled
+    streams: dict[int, StreamedSource] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -126,22 +149,51 @@ class PretrainingData:
         fits = device.type != "cuda" or self.images.nbytes <= max_fraction * torch.cuda.mem_get_info(device)[0]
         images = self.images.to(device) if fits else self.images.pin_memory()
         return PretrainingData(images, self.labels.to(device), self.sources.to(device), self.offsets, self.counts,
-                               self.weights, self.classes)
+                               self.weights, self.classes, self.streams)
 
     def sample(self, seed: int, batch: int, size: int) -> torch.Tensor:
-        """Row indices `(size,)` of global batch number `batch`, on the CPU: the same on every process and device."""
+        """Row indices `(size,)` of global batch number `batch`, on the CPU: the same on every process and device.
+        A row of streamed source `s` is `-(s + 1)`: the next row of this process's part of that stream."""
         generator = step_generator(seed, batch, 0, stream="batch")
         source = torch.multinomial(self.weights, size, replacement=True, generator=generator)
         row = (torch.rand(size, generator=generator, dtype=torch.float64) * self.counts[source]).long()
-        return self.offsets[source] + row
+        index = self.offsets[source] + row
+        if self.streams:
+            streamed = torch.zeros(len(self.counts), dtype=torch.bool)
+            streamed[list(self.streams)] = True
+            index = torch.where(streamed[source], -(source + 1), index)
+        return index
 
-    def example_ids(self, index: torch.Tensor) -> torch.Tensor:
-        """Stable ids (source, row) of rows `index`, for the data-order log."""
+    def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """Images, labels and sources of rows `index` (CPU), on `device`, without waiting for it; and `ids`, the
+        rows' stable ids (source * ROW_STRIDE + row; for a streamed row, + this process's count of rows taken from
+        that stream) for the data-order log."""
+        if not self.streams:
+            return self._held(index, device) | {"ids": self._held_ids(index)}
+        held = index >= 0
+        out = self._held(index[held], device)
+        n = len(index)
+        images = torch.empty((n, *self.images.shape[1:]), dtype=torch.uint8, device=device)
+        labels = torch.empty(n, dtype=torch.long, device=device)
+        sources, ids = torch.empty(n, dtype=torch.long, device=device), torch.empty(n, dtype=torch.long)
+        positions = held.nonzero().squeeze(1)
+        images[positions.to(device)], labels[positions.to(device)] = out["images"], out["label"]
+        sources[positions.to(device)], ids[positions] = out["source"], self._held_ids(index[held])
+        for s, stream in self.streams.items():
+            positions = (index == -(s + 1)).nonzero().squeeze(1)
+            if len(positions):
+                rows, row_labels, row_ids = stream.take(len(positions))
+                on_device = positions.to(device)
+                images[on_device] = rows.to(device, non_blocking=True)
+                labels[on_device], sources[on_device] = row_labels.to(device, non_blocking=True), s
+                ids[positions] = s * ROW_STRIDE + row_ids
+        return {"images": images, "label": labels, "source": sources, "ids": ids}
+
+    def _held_ids(self, index: torch.Tensor) -> torch.Tensor:
         source = torch.searchsorted(self.offsets, index, right=True) - 1
         return source * ROW_STRIDE + index - self.offsets[source]
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        """Images, labels and sources of rows `index` (CPU), on `device`, without waiting for it."""
+    def _held(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         on_device = index.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else index
         if self.images.device.type == device.type:
             images = self.images[on_device]
@@ -149,21 +201,51 @@ class PretrainingData:
             images = self.images[index].pin_memory().to(device, non_blocking=True)
         return {"images": images, "label": self.labels[on_device], "source": self.sources[on_device]}
 
+    def state_dict(self) -> dict:
+        """Where each stream is (by source index): what a checkpoint needs beyond the step for an exact resume."""
+        return {str(s): stream.state_dict() for s, stream in self.streams.items()}
 
-def pretraining_data(recipe: Recipe) -> PretrainingData:
-    """Every source of the recipe, decoded (or read from the cache) and validated, in one `PretrainingData`."""
-    parts, classes = [], []
+    def load_state_dict(self, state: dict) -> None:
+        for s, stream in self.streams.items():
+            if str(s) not in state:
+                raise ValueError(f"the checkpoint has no state for streamed source {stream.name!r}")
+            stream.load_state_dict(state[str(s)])
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            stream.close()
+
+
+def _stream(source: Source, recipe: Recipe, rank: int, world: int) -> tuple[StreamedSource, dict[str, str]]:
+    stream = open_stream(source.repo_id, source.config, source.revision)
+    make_transform = lambda features: medical_transform(_processor(recipe), features)  # noqa: E731
+    streamed = StreamedSource(stream, source.name, make_transform, source.labelled, recipe.seed, rank, world,
+                              recipe.stream_chunk_rows)
+    return streamed, _label_metadata(stream.features)
+
+
+def pretraining_data(recipe: Recipe, rank: int = 0, world: int = 1) -> PretrainingData:
+    """Every source of the recipe, decoded (or read from the cache) and validated, in one `PretrainingData`;
+    streamed sources are opened for process `rank` of `world`."""
+    parts, classes, streams = [], [], {}
+    channels = 1 if recipe.variant == "gray" else 3
+    empty = torch.empty((0, channels, recipe.image_size, recipe.image_size), dtype=torch.uint8)
     for index, source in enumerate(recipe.sources):
-        tensors, metadata = load_source(source, recipe)
+        if source.streaming:
+            streams[index], metadata = _stream(source, recipe, rank, world)
+            tensors = {"images": empty, "labels": torch.empty(0, dtype=torch.long)}
+        else:
+            tensors, metadata = load_source(source, recipe)
+            if not len(tensors["images"]):
+                raise ValueError(f"source {source.name!r} has no images in its train split")
         classes.append(_classes(source, metadata))
-        if not len(tensors["images"]):
-            raise ValueError(f"source {source.name!r} has no images in its train split")
         labels = tensors["labels"] if classes[-1] else torch.full_like(tensors["labels"], -1)
         parts.append((tensors["images"], labels, torch.full_like(labels, index)))
     images, labels, sources = (torch.cat(column) for column in zip(*parts))
     counts = torch.tensor([len(part[0]) for part in parts])
     weights = torch.tensor([source.weight for source in recipe.sources], dtype=torch.float64)
-    return PretrainingData(images, labels, sources, torch.cumsum(counts, 0) - counts, counts, weights / weights.sum(), classes)
+    return PretrainingData(images, labels, sources, torch.cumsum(counts, 0) - counts, counts, weights / weights.sum(),
+                           classes, streams)
 
 
 __all__ = ["PretrainingData", "cache_key", "load_source", "pretraining_data"]

@@ -37,6 +37,7 @@ from .objectives import PretrainModel
 from .recipe import Recipe, load_recipe
 
 STATE_FILE = "trainer_state.json"
+STREAMS_FILE = "streams-rank{rank}.json"  # per process: where its part of each streamed source is
 
 
 class CheckpointError(ValueError):
@@ -91,13 +92,15 @@ def _validate_checkpoint(path: Path) -> dict:
     return state
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> Path:
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int, streams: dict) -> Path:
     root = output_dir / "checkpoints"
     final, tmp = root / f"step-{state['step']:08d}", root / f".tmp-step-{state['step']:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    if streams:
+        (tmp / STREAMS_FILE.format(rank=accelerator.process_index)).write_text(json.dumps(streams))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -174,7 +177,7 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     output_dir.mkdir(parents=True, exist_ok=True)
     with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
-        data = pretraining_data(recipe)
+        data = pretraining_data(recipe, rank, world)
     data = data.to(device)
     set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
     heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
@@ -194,6 +197,15 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
         except Exception as e:
             raise CheckpointError(f"checkpoint {checkpoint} does not load into this run ({type(e).__name__}: {e})") from e
         step = saved["step"]
+        if data.streams:
+            streams_file = checkpoint / STREAMS_FILE.format(rank=rank)
+            if not streams_file.is_file():
+                raise CheckpointError(f"checkpoint {checkpoint} has no {streams_file.name}: it was written by another "
+                                      "number of processes or without the streamed sources of this recipe")
+            try:
+                data.load_state_dict(json.loads(streams_file.read_text()))
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {checkpoint}: {e}") from e
 
     accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
     # The data order, per process, written at log and checkpoint steps. After a resume the batches past the
@@ -207,8 +219,8 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     def inputs(batch: int) -> dict:
         """This process's rows of global batch number `batch`, and their views."""
         index = data.sample(recipe.seed, batch, recipe.batch_size * world)[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
-        pending.append((batch + 1, data.example_ids(index)))
         rows = data.batch(index, device)
+        pending.append((batch + 1, rows["ids"]))
         made = views(rows["images"], step_generator(recipe.seed, batch, rank, device))
         return made | {"label": rows["label"], "source": rows["source"]}
 
@@ -254,15 +266,19 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
             accelerator.log({f"loss/{k}": v for k, v in values.items()}
                             | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate}, step=step)
         if checkpointing:
-            _save_checkpoint(accelerator, output_dir, {"step": step, "recipe": recipe.to_dict()}, recipe.keep_checkpoints)
+            _save_checkpoint(accelerator, output_dir, {"step": step, "recipe": recipe.to_dict()}, recipe.keep_checkpoints,
+                             data.state_dict())
     progress.close()
+    data.close()
     unwrapped = accelerator.unwrap_model(model)
     checksums = gather_object([_checksum(unwrapped)])
     record = {
         "recipe": recipe.to_dict(),
         "steps": step,
-        "epochs": images_per_step * step / len(data),  # source images drawn / images held (sources are sampled by weight)
-        "data": [{"name": s.name, "dataset": s.dataset, "rows": int(n), "labelled": bool(c)}
+        # source images drawn / images held (sources are sampled by weight); a streamed source's size is not known
+        "epochs": None if data.streams else images_per_step * step / len(data),
+        "data": [{"name": s.name, "dataset": s.dataset, "rows": None if s.streaming else int(n), "labelled": bool(c)}
+                 | ({"repo_id": s.repo_id, "streamed": s.streaming} if s.dataset == "hub" else {})
                  for s, n, c in zip(recipe.sources, data.counts.tolist(), data.classes)],
         "wall_seconds": time.perf_counter() - run_started,  # this process's whole call: decoding, steps, checkpoints
         "hardware": _hardware(device),

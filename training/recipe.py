@@ -15,8 +15,11 @@ class Source:
     """One dataset the pretraining mixes in (its `train` split)."""
 
     name: str
-    dataset: str  # a `mednet_hf.data.BUILDERS` name
-    config: str | None = None
+    dataset: str  # a `mednet_hf.data.BUILDERS` name, or "hub": a dataset repo with parquet files (`repo_id`)
+    config: str | None = None  # MedMNIST subset, or the Hub dataset's config
+    repo_id: str | None = None  # dataset: hub only
+    revision: str | None = None  # dataset: hub only: branch, tag or commit
+    streaming: bool = False  # dataset: hub only: stream it (each process reads its part) instead of holding it
     data_dir: str | None = None  # relative paths are under MEDNET_DATA_DIR
     size: int | None = None
     options: dict = field(default_factory=dict)
@@ -51,6 +54,9 @@ class Recipe:
     checkpoint_every: int = field(default=500, metadata={"help": "steps between atomic checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
     log_every: int = field(default=10, metadata={"help": "steps between logged losses"})
+    stream_chunk_rows: int = field(
+        default=4096, metadata={"help": "rows each process decodes at a time from a streamed source (a chunk is shuffled)"},
+    )
     sources: list[Source] = field(default_factory=list)
     objectives: dict[str, dict] = field(default_factory=dict)  # name -> {"weight": w, ...options}
 
@@ -81,9 +87,18 @@ def load_recipe(path, **overrides) -> Recipe:
             _fail(path, f"source {i} has unknown key(s) {bad}; known: {sorted(source_keys)}")
         if "name" not in item or "dataset" not in item:
             _fail(path, f"source {i} needs a name and a dataset")
-        if item["dataset"] not in BUILDERS:
-            _fail(path, f"source {item['name']!r} names unknown dataset {item['dataset']!r}; choose one of {sorted(BUILDERS)}")
-        sources.append(Source(**item))
+        if item["dataset"] not in (*BUILDERS, "hub"):
+            _fail(path, f"source {item['name']!r} names unknown dataset {item['dataset']!r}; choose one of {sorted(BUILDERS)} or hub")
+        source = Source(**item)
+        if (source.dataset == "hub") != bool(source.repo_id):
+            _fail(path, f"source {source.name!r}: a repo_id goes with dataset: hub, and dataset: hub needs one")
+        hub_only = [key for key in ("revision", "streaming") if getattr(source, key)]
+        if source.dataset != "hub" and hub_only:
+            _fail(path, f"source {source.name!r}: {hub_only} only apply to dataset: hub")
+        local_only = [key for key in ("data_dir", "size", "options", "verification_mode") if getattr(source, key)]
+        if source.dataset == "hub" and local_only:
+            _fail(path, f"source {source.name!r}: {local_only} do not apply to dataset: hub")
+        sources.append(source)
     recipe = Recipe(**raw, sources=sources)
     if not recipe.sources:
         _fail(path, "no sources: list at least one dataset under `sources:`")
@@ -98,6 +113,8 @@ def load_recipe(path, **overrides) -> Recipe:
         _fail(path, "the supervised objective needs at least one labelled source")
     if recipe.init not in ("scratch", "imagenet"):
         _fail(path, f"init must be 'scratch' or 'imagenet', got {recipe.init!r}")
+    if recipe.stream_chunk_rows < 1:
+        _fail(path, f"stream_chunk_rows must be at least 1, got {recipe.stream_chunk_rows}")
     if recipe.variant not in ("gray", "color"):
         _fail(path, f"variant must be 'gray' or 'color', got {recipe.variant!r}")
     return recipe
