@@ -91,3 +91,11 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
     again = json.loads((out / "results.json").read_text())
     assert [r["test_auroc"] for r in again["runs"]] == [r["test_auroc"] for r in results["runs"]]
     assert {record: Path(record).stat().st_mtime_ns for record in stamps} == stamps
+    # Not when the starting weights at the same path have changed (here: the digest the run started from differs).
+    scratch = next(Path(r["record"]) for r in results["runs"] if r["init"] == "scratch")
+    assert len((scratch.parent / "start-weights.sha256").read_text()) == 64
+    (scratch.parent / "start-weights.sha256").write_text("0" * 64)
+    assert cli_main(["benchmark", "--study", str(path), "--output-dir", str(out), "--quick", "--task", "pneumonia",
+                     "--init", "scratch"]) == 0
+    assert scratch.stat().st_mtime_ns != stamps[str(scratch)]
+    assert (scratch.parent / "start-weights.sha256").read_text() != "0" * 64

@@ -13,6 +13,7 @@ The output folder holds `results.json` (every run, its command line and the path
 against label fraction per task) and `convergence.png` (validation AUROC per epoch, MedNet against scratch).
 """
 
+import hashlib
 import json
 import shlex
 import shutil
@@ -152,18 +153,46 @@ def _command(arguments: FinetuneArguments) -> str:
     return shlex.join(parts)
 
 
+def weights_sha256(model: str) -> str | None:
+    """A digest of the starting weights (a folder, or a Hub id in the local cache), so that a study run again after
+    the weights changed at the same path does not reuse runs that started from the old ones; None if not found."""
+    folder = Path(model)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(model, allow_patterns=["*.safetensors"], local_files_only=True))
+        except Exception:  # not in the cache: nothing to compare, so nothing is reused
+            return None
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def run_finetune(study: Study, task: Task, init: str, model: str, fraction: float, seed: int, output_dir: Path) -> dict:
     arguments = FinetuneArguments(
         model=model, dataset=task.dataset, data_dir=resolve_data_dir(task.data_dir), output_dir=str(output_dir),
         label_fraction=fraction, seed=seed, no_checks=task.no_checks, options=dict(task.options), report_to="none",
         new_head=True, **study.finetune,
     )
-    done = output_dir / "results.json"
+    done, started_from = output_dir / "results.json", output_dir / "start-weights.sha256"
     previous = json.loads(done.read_text()) if done.is_file() else {}
+    weights = weights_sha256(model)
     # A study run again in the same folder (after a stop, or with more seeds) reuses each run that finished with the
-    # same arguments; the initialisations it starts from are seeded, so the run would repeat itself.
-    same = previous.get("arguments") == json.loads(json.dumps(asdict(arguments), default=str)) and previous.get("test")
-    record = previous if same else finetune(arguments)
+    # same arguments from the same weights; the initialisations it starts from are seeded, so the run would repeat.
+    same = (previous.get("arguments") == json.loads(json.dumps(asdict(arguments), default=str)) and previous.get("test")
+            and weights is not None and started_from.is_file() and started_from.read_text() == weights)
+    if same:
+        record = previous
+    else:
+        started_from.unlink(missing_ok=True)
+        record = finetune(arguments)
+        if weights is not None:
+            started_from.write_text(weights)
     return {
         "task": task.name, "domain": task.domain, "init": init, "label_fraction": fraction, "seed": seed,
         "test_auroc": record["test"]["test_auroc"], "test_accuracy": record["test"]["test_accuracy"],
