@@ -21,7 +21,7 @@ def load_records(folder) -> tuple[dict, dict]:
 
 def comparison_rows(benchmark: dict) -> list[dict]:
     """One row per task and label fraction: MedNet against scratch (and ImageNet where it ran), means over seeds,
-    the difference, and whether MedNet won: by more than the larger standard deviation over seeds."""
+    the difference, and whether MedNet won or lost: by more than the larger standard deviation over seeds."""
     by_key = {(r["task"], r["label_fraction"], r["init"]): r for r in benchmark["summary"]}
     rows = []
     for task, fraction in sorted({(r["task"], r["label_fraction"]) for r in benchmark["summary"]}):
@@ -33,7 +33,8 @@ def comparison_rows(benchmark: dict) -> list[dict]:
         spread = max(mednet["test_auroc"][1], scratch["test_auroc"][1])  # std over seeds (0 with one seed)
         rows.append({"task": task, "domain": mednet["domain"], "label_fraction": fraction, "seeds": mednet["seeds"],
                      "mednet": mednet, "scratch": scratch, "imagenet": imagenet, "delta": delta,
-                     "wins": delta > spread})  # a win only where the difference is larger than the seeds' spread
+                     # a win (or a loss) only where the difference is larger than the seeds' spread
+                     "wins": delta > spread, "loses": delta < -spread})
     return rows
 
 

@@ -122,7 +122,8 @@ def readme_block() -> str:
             e = [f"{x['epochs_to_95'][0]:.1f}" if x["epochs_to_95"] else "–" for x in (r["mednet"], r["scratch"])]
             lines.append(f"| {r['task']} | {r['domain']} | {r['label_fraction']:.0%} | {r['mednet']['test_auroc'][0]:.3f} | "
                          f"{r['scratch']['test_auroc'][0]:.3f} | {r['delta']:+.3f} | {e[0]} / {e[1]} |")
-        losses = [f"{r['task']} at {r['label_fraction']:.0%} (Δ {r['delta']:+.3f})" for r in comparison_rows(bench) if not r["wins"]]
+        losses = [f"{r['task']} at {r['label_fraction']:.0%} (Δ {r['delta']:+.3f}{', scratch is better' if r['loses'] else ''})"
+                  for r in comparison_rows(bench) if not r["wins"]]
         if losses:
             lines += ["", "Not a clear win (Δ not larger than the spread over seeds): " + "; ".join(losses) + "."]
         for task, by_init in bench["frozen"].items():

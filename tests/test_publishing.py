@@ -52,6 +52,20 @@ def test_cards_render_from_run_records_and_pass_the_metadata_check(variant):
         check_card(type(card)(f"---\n{card.data.to_yaml()}\n---\n{card.text}"), RECORDS / variant)
 
 
+def test_a_difference_within_the_seeds_spread_is_neither_a_win_nor_a_loss():
+    from mednet_hf.model_card import comparison_rows
+
+    def row(init, fraction, mean, std):
+        return {"task": "t", "domain": "out", "init": init, "label_fraction": fraction, "seeds": 3,
+                "test_auroc": [mean, std], "test_accuracy": [0.5, 0.0], "epochs_to_95": [1.0, 0.0]}
+
+    summary = [row("mednet", 0.01, 0.80, 0.01), row("scratch", 0.01, 0.70, 0.05),  # +0.10 > 0.05: a win
+               row("mednet", 0.1, 0.80, 0.02), row("scratch", 0.1, 0.79, 0.01),  # +0.01 within 0.02
+               row("mednet", 1.0, 0.80, 0.005), row("scratch", 1.0, 0.81, 0.008)]  # -0.01 beyond 0.008: a loss
+    rows = comparison_rows({"summary": summary})
+    assert [(r["label_fraction"], r["wins"], r["loses"]) for r in rows] == [(0.01, True, False), (0.1, False, False), (1.0, False, True)]
+
+
 def test_readme_results_are_the_records():
     """The README's results block is what build_release.py renders from the records, not hand-edited numbers."""
     import importlib.util

@@ -200,7 +200,7 @@ def run_finetune(study: Study, task: Task, init: str, model: str, fraction: floa
         "epochs_to_95": epochs_to_reach(record["history"], study.convergence),
         "history": [{"epoch": e["epoch"], "eval_auroc": e["eval_auroc"]} for e in record["history"]],
         "train_rows": record["train_rows"], "seconds": record["seconds"],
-        "command": _command(arguments), "record": str(output_dir / "results.json"),
+        "command": _command(arguments), "record": str(output_dir / "results.json"), "weights_sha256": weights,
     }
 
 
