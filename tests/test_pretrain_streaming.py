@@ -76,6 +76,17 @@ resumed = again.take(1500)
 out["resumed_equal"] = all(torch.equal(a, b) for a, b in zip(after, resumed))
 out["crossed_epoch"] = again._epoch
 data.close()
+# Resumed twice: restore, take 3 rows, save inside the same chunk, restore that: the rest is still the same.
+data, once = stream(1, 2, 500)
+data.load_state_dict(state)
+once.take(3)
+state2 = json.loads(json.dumps(data.state_dict()))
+data.close()
+data, twice = stream(1, 2, 500)
+data.load_state_dict(state2)
+rest = twice.take(1497)
+out["resumed_twice_equal"] = all(torch.equal(a[3:], b) for a, b in zip(after, rest))
+data.close()
 print(json.dumps(out))
 """ % {"rows": TRAIN_ROWS}
 
@@ -118,7 +129,7 @@ def test_streamed_rows_are_the_held_rows_split_across_processes_and_resume_exact
     assert out["downloaded_equal"]
     assert out["one_epoch"] == out["held"] and out["ids"]
     assert out["two_ranks"] == out["held"]
-    assert out["resumed_equal"] and out["crossed_epoch"] == 1
+    assert out["resumed_equal"] and out["crossed_epoch"] == 1 and out["resumed_twice_equal"]
 
 
 def _order(out: Path) -> dict:
@@ -183,7 +194,8 @@ def test_stream_errors_name_the_source(pushed, tmp_path):
     missing = _recipe(tmp_path, "missing", [{**STREAMED, "repo_id": "mednet-test/no-such-set"}])
     result = run_cli(["pretrain", "--recipe", str(missing), "--output-dir", str(tmp_path / "run")], pushed)
     assert result.returncode != 0
-    assert "streamed source 'mednet-test/no-such-set'" in result.stderr and "Traceback" not in result.stderr[-300:]
+    assert "streamed source 'pneumonia_hub' ('mednet-test/no-such-set')" in result.stderr
+    assert "Traceback" not in result.stderr[-300:]
 
 
 @pytest.mark.parametrize(

@@ -164,8 +164,11 @@ def weights_sha256(model: str) -> str | None:
             folder = Path(snapshot_download(model, allow_patterns=["*.safetensors"], local_files_only=True))
         except Exception:  # not in the cache: nothing to compare, so nothing is reused
             return None
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:  # nothing to compare (e.g. pickled weights only), so nothing is reused
+        return None
     digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in files:
         digest.update(file.name.encode())
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
@@ -191,6 +194,7 @@ def run_finetune(study: Study, task: Task, init: str, model: str, fraction: floa
     else:
         started_from.unlink(missing_ok=True)
         record = finetune(arguments)
+        weights = weights or weights_sha256(model)  # a Hub id is in the cache once the run has loaded it
         if weights is not None:
             started_from.write_text(weights)
     return {

@@ -47,14 +47,13 @@ def cache_key(source: Source, recipe: Recipe) -> str:
     and whether labels are used are not part of it."""
     spec = {
         "dataset": source.dataset, "config": source.config, "size": source.size, "options": source.options,
-        "repo_id": source.repo_id, "revision": source.revision,
         "verification_mode": source.verification_mode,
         "data_dir": str(Path(resolve_data_dir(source.data_dir)).resolve()) if source.data_dir else None,
         "image_size": recipe.image_size, "variant": recipe.variant, "version": mednet_hf.__version__,
         "processor": json.loads(_processor(recipe).to_json_string()),
     }
     if source.dataset == "hub":  # a branch moves: key on the data datasets downloaded (its own fingerprint)
-        spec["fingerprint"] = _train_split(source)._fingerprint
+        spec |= {"repo_id": source.repo_id, "revision": source.revision, "fingerprint": _train_split(source)._fingerprint}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -217,10 +216,10 @@ class PretrainingData:
 
 
 def _stream(source: Source, recipe: Recipe, rank: int, world: int) -> tuple[StreamedSource, dict[str, str]]:
-    stream = open_stream(source.repo_id, source.config, source.revision)
+    stream, revision = open_stream(source.name, source.repo_id, source.config, source.revision)
     make_transform = lambda features: medical_transform(_processor(recipe), features)  # noqa: E731
     streamed = StreamedSource(stream, source.name, make_transform, source.labelled, recipe.seed, rank, world,
-                              recipe.stream_chunk_rows)
+                              recipe.stream_chunk_rows, revision)
     return streamed, _label_metadata(stream.features)
 
 

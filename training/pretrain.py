@@ -204,8 +204,8 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
                                       "number of processes or without the streamed sources of this recipe")
             try:
                 data.load_state_dict(json.loads(streams_file.read_text()))
-            except ValueError as e:
-                raise CheckpointError(f"checkpoint {checkpoint}: {e}") from e
+            except Exception as e:  # a bad state file, a moved stream, a failed read: all stop the resume here
+                raise CheckpointError(f"checkpoint {checkpoint}: {streams_file.name}: {type(e).__name__}: {e}") from e
 
     accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
     # The data order, per process, written at log and checkpoint steps. After a resume the batches past the

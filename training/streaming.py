@@ -11,7 +11,9 @@ chunk in use and the position in that chunk.
 """
 
 import copy
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import datasets
@@ -23,16 +25,24 @@ from .augment import step_generator
 DECODE_BATCH = 256
 
 
-def open_stream(repo_id: str, config: str | None = None, revision: str | None = None) -> datasets.IterableDataset:
-    """The `train` split of a Hub dataset (or a local folder `load_dataset` reads), as a stream."""
+def open_stream(name: str, repo_id: str, config: str | None = None,
+                revision: str | None = None) -> tuple[datasets.IterableDataset, str | None]:
+    """The `train` split of a Hub dataset (or a local folder `load_dataset` reads), as a stream, read at one commit:
+    a branch that moves during a run must not change the rows a resumed run reads. Returns the stream and that
+    commit (None for a local folder)."""
     try:
+        if not Path(repo_id).is_dir():
+            from huggingface_hub import HfApi
+
+            revision = HfApi().dataset_info(repo_id, revision=revision).sha
         stream = datasets.load_dataset(repo_id, config, revision=revision, split="train", streaming=True)
     except Exception as e:  # offline, no such repo, no train split: all end the same way
-        raise ValueError(f"streamed source {repo_id!r}: its train split cannot be opened ({type(e).__name__}: {e})") from e
+        raise ValueError(f"streamed source {name!r} ({repo_id!r}): its train split cannot be opened "
+                         f"({type(e).__name__}: {e})") from e
     if stream.features is None or "image" not in stream.features:
         found = list(stream.features) if stream.features else "unknown (no dataset_info in the card)"
-        raise ValueError(f"streamed source {repo_id!r} needs an `image` column; its columns are {found}")
-    return stream
+        raise ValueError(f"streamed source {name!r} ({repo_id!r}) needs an `image` column; its columns are {found}")
+    return stream, revision
 
 
 class StreamedSource:
@@ -43,11 +53,12 @@ class StreamedSource:
     """
 
     def __init__(self, stream: datasets.IterableDataset, name: str, make_transform: Callable, labelled: bool,
-                 seed: int, rank: int, world: int, chunk_rows: int):
+                 seed: int, rank: int, world: int, chunk_rows: int, revision: str | None = None):
         if chunk_rows < 1:
             raise ValueError(f"streamed source {name!r}: chunk_rows must be at least 1, got {chunk_rows}")
         self.name, self.labelled, self.seed, self.rank, self.world = name, labelled, seed, rank, world
-        self.chunk_rows = chunk_rows
+        self.chunk_rows, self.revision = chunk_rows, revision
+        self._stop = threading.Event()  # set by close(): the reading thread stops between rows
         self.dataset = split_dataset_by_node(stream, rank=rank, world_size=world)
         pixels = stream.features.copy()
         for column in ("label", "labels"):
@@ -79,6 +90,8 @@ class StreamedSource:
     def _read(self, n: int) -> list[dict]:
         rows, restarted = [], False
         while len(rows) < n:
+            if self._stop.is_set():
+                raise RuntimeError(f"streamed source {self.name!r} was closed")
             try:
                 rows.append(next(self._iterator))
                 self._rows_in_epoch += 1
@@ -93,16 +106,21 @@ class StreamedSource:
 
     def _decode_chunk(self, index: int) -> dict:
         """Read and decode chunk `index` (in the background thread): its start state, uint8 images and labels."""
+        try:
+            return self._decode_chunk_unnamed(index)
+        except Exception as e:  # unreadable row, missing column, network: say which source and chunk
+            if isinstance(e, ValueError) and str(e).startswith(f"streamed source {self.name!r}"):
+                raise
+            raise ValueError(f"streamed source {self.name!r}, chunk {index}: {type(e).__name__}: {e}") from e
+
+    def _decode_chunk_unnamed(self, index: int) -> dict:
         start = self._start_state()
         rows = self._read(self.chunk_rows)
         images = []
         for begin in range(0, len(rows), DECODE_BATCH):
             part = rows[begin : begin + DECODE_BATCH]
             batch = {key: [row[key] for row in part] for key in part[0] if key not in ("label", "labels")}
-            try:
-                pixels = self._transform(batch)["pixel_values"]
-            except ValueError as e:
-                raise ValueError(f"streamed source {self.name!r}, chunk {index}: {e}") from e
+            pixels = self._transform(batch)["pixel_values"]
             images.append((pixels * 255).round_().clamp_(0, 255).to(torch.uint8))
         if self.labelled:
             labels = torch.tensor([row["label"] for row in rows], dtype=torch.long)
@@ -135,6 +153,8 @@ class StreamedSource:
             n -= k
         ids = torch.arange(self._taken, self._taken + sum(len(part) for part in labels))
         self._taken += len(ids)
+        if len(images) == 1:  # a view of the pinned chunk: copied to the device asynchronously
+            return images[0], labels[0], ids
         return torch.cat(images), torch.cat(labels), ids
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -142,7 +162,7 @@ class StreamedSource:
     def state_dict(self) -> dict:
         current = self._current
         return {
-            "world": self.world, "chunk_rows": self.chunk_rows, "taken": self._taken,
+            "world": self.world, "chunk_rows": self.chunk_rows, "revision": self.revision, "taken": self._taken,
             "chunk": current["index"] if current else None, "position": self._position,
             "start": current["start"] if current else None,
         }
@@ -153,21 +173,30 @@ class StreamedSource:
             if state[key] != getattr(self, key):
                 raise ValueError(f"streamed source {self.name!r}: the checkpoint was written with {key}={state[key]}, "
                                  f"this run has {getattr(self, key)}; resume with the same setting")
+        if state.get("revision") != self.revision:
+            raise ValueError(f"streamed source {self.name!r}: the checkpoint read commit {state.get('revision')}, the "
+                             f"dataset is now at {self.revision}; set `revision: {state.get('revision')}` in the "
+                             "recipe to resume with the same rows")
         self.close()
+        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stream-{self.name}")
         self._taken, self._current, self._next, self._position = state["taken"], None, None, 0
+        self._epoch, self._rows_in_epoch, self._iterator, self._chunk_index = 0, 0, None, 0
         if state["chunk"] is None:
             return
         start = state["start"]
         self._start_epoch(start["epoch"], start if start["dataset"] is not None else None)
         self._chunk_index = state["chunk"]
         self._advance()
+        # Until the stream yields a row, its own state_dict is its initial one, so the re-decoded chunk's start is
+        # the checkpoint's (a later checkpoint inside this chunk must point at the same place).
+        self._current["start"] = copy.deepcopy(start)
         self._position = state["position"]
 
     def close(self) -> None:
-        if self._next is not None:
-            self._next.cancel()
-        self._pool.shutdown(wait=True)
+        """Stop reading (between rows) and end the background thread."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 __all__ = ["StreamedSource", "open_stream"]
