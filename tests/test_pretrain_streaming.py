@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DATA_DIR, REPO_ROOT, data_path, run_cli
+from test_pretrain import _order  # batch number → example ids of a run's data-order log
 
 REPO = "mednet-test/pneumoniamnist-stream"
 TRAIN_ROWS = 3882  # PneumoniaMNIST subset, train split
@@ -130,14 +131,6 @@ def test_streamed_rows_are_the_held_rows_split_across_processes_and_resume_exact
     assert out["one_epoch"] == out["held"] and out["ids"]
     assert out["two_ranks"] == out["held"]
     assert out["resumed_equal"] and out["crossed_epoch"] == 1 and out["resumed_twice_equal"]
-
-
-def _order(out: Path) -> dict:
-    order = {}
-    for line in (out / "data_order-rank0.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        order[entry["batch"]] = entry["index"]
-    return order
 
 
 def test_killed_run_with_a_streamed_source_resumes_with_the_same_rows(pushed, tmp_path):
