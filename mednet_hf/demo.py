@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .intensity import WINDOW_PRESETS
-from .medical_io import MedicalImage, MedicalVolume, read_dicom_header, read_path, reader_for
-from .predict import READ_ERRORS, phi_values, scrub_path, load, probabilities
+from .medical_io import MedicalImage, MedicalVolume, read_path
+from .predict import READ_ERRORS, file_phi_values, load, probabilities, scrub_path
 
 AUTO_WINDOW = "auto (file / header)"
 MIN_CAM_SIZE = 4
@@ -134,13 +134,7 @@ def enlarge(image: np.ndarray) -> np.ndarray:
 
 def shown_name(path) -> str:
     """The file name as the page may show it: `predict`'s rule (DICOM UIDs hashed, a patient's name or ID replaced)."""
-    header = None
-    if reader_for(path) is not None and reader_for(path).name == "dicom":
-        try:
-            header = read_dicom_header(path)
-        except READ_ERRORS:
-            pass
-    return scrub_path(Path(path).name, phi_values(header) if header is not None else set())
+    return scrub_path(Path(path).name, file_phi_values(path))
 
 
 def num_positions(content: MedicalImage | MedicalVolume) -> int:

@@ -84,6 +84,13 @@ def _header_or_none(path: Path):
         return None  # reading the file itself reports why
 
 
+def file_phi_values(path) -> set[str]:
+    """`phi_values` of a single file: its DICOM header's, or none for another kind of file or an unreadable header."""
+    reader = reader_for(path)
+    header = _header_or_none(Path(path)) if reader is not None and reader.name == "dicom" else None
+    return phi_values(header) if header is not None else set()
+
+
 def collect(inputs) -> tuple[list[_Item], list[Unreadable]]:
     """Expand the inputs (files, folders searched recursively, series folders, volumes) into items to read.
 
@@ -97,9 +104,7 @@ def collect(inputs) -> tuple[list[_Item], list[Unreadable]]:
             unreadable.append(Unreadable(scrub_path(str(raw), set()), "no such file or folder"))
             continue
         if root.is_file():
-            reader = reader_for(root)
-            header = _header_or_none(root) if reader is not None and reader.name == "dicom" else None
-            phi = phi_values(header) if header is not None else set()
+            reader, phi = reader_for(root), file_phi_values(root)
             if reader is None:
                 unreadable.append(Unreadable(scrub_path(str(root), phi), f"not a file type mednet reads ({_suffix(root)})"))
             else:
@@ -248,4 +253,4 @@ def predict(
     return rows, unreadable
 
 
-__all__ = ["Unreadable", "collect", "phi_values", "predict", "probabilities", "scrub_path"]
+__all__ = ["Unreadable", "collect", "file_phi_values", "phi_values", "predict", "probabilities", "scrub_path"]

@@ -67,9 +67,9 @@ def run_pretrain(args) -> None:
     cuda = torch.cuda.is_available()
     settings = {"image_size": 64, "batch_size": BATCH if cuda else 16, "mixed_precision": "bf16" if cuda else "no",
                 "cache_dir": str(work / "cache"), "log_every": 50}
-    data = expand_sources(args.variant, pack, load_recipe(recipe_path, **settings))
-    probe = pretrain(recipe_path, work / "probe", steps=args.probe_steps, warmup_steps=1, checkpoint_every=10**9, **settings)
     recipe = load_recipe(recipe_path, **settings)
+    data = expand_sources(args.variant, pack, recipe)
+    probe = pretrain(recipe_path, work / "probe", steps=args.probe_steps, warmup_steps=1, checkpoint_every=10**9, **settings)
     steps = max(args.min_steps, int(args.seconds * probe["images_per_second"] / (settings["batch_size"] * recipe.grad_accum)))
     record = pretrain(recipe_path, work / "run", steps=steps, warmup_steps=max(10, steps // 20),
                       checkpoint_every=max(100, steps // 4), **settings)
