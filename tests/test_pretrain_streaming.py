@@ -167,6 +167,36 @@ def test_killed_run_with_a_streamed_source_resumes_with_the_same_rows(pushed, tm
     assert b["epochs"] is None
 
 
+# A run stopped mid-way (Ctrl-C at the third step) stops its stream's reader thread as the interrupt propagates.
+INTERRUPTED = r"""
+import sys, threading
+from mednet_hf.training.objectives import PretrainModel
+from mednet_hf.training.pretrain import pretrain
+
+forward, calls = PretrainModel.forward, []
+def interrupted(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+        raise KeyboardInterrupt
+    return forward(self, *args, **kwargs)
+PretrainModel.forward = interrupted
+try:
+    pretrain(sys.argv[1], sys.argv[2])
+except KeyboardInterrupt:
+    # Still inside the handler, where the run's frames are alive (as when the CLI reports the interrupt): the
+    # reader must already be stopped, not left to finish its chunk when the interpreter exits.
+    print(len(calls), [t.name for t in threading.enumerate() if t.name.startswith("stream-")])
+"""
+
+
+def test_interrupted_run_stops_its_stream_reader(pushed, tmp_path):
+    recipe = _recipe(tmp_path, "interrupted", [STREAMED], steps=10, stream_chunk_rows=16)
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED, str(recipe), str(tmp_path / "run")], env=pushed,
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.strip().splitlines()[-1] == "3 []"  # interrupted at the third step; no reader left
+
+
 def test_two_processes_each_read_their_part_of_the_stream(pushed, tmp_path):
     recipe, out = _recipe(tmp_path, "two", [STREAMED], steps=2), tmp_path / "run"
     accelerate = Path(sys.executable).parent / "accelerate"

@@ -178,98 +178,100 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
         data = pretraining_data(recipe, rank, world)
-    data = data.to(device)
-    set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
-    heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
-    model = build_model(recipe, heads, imagenet=recipe.init == "imagenet" and checkpoint is None)
-    views = PretrainViews.from_objectives(recipe.image_size, recipe.objectives)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                  fused=device.type == "cuda")
-    scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    runner = torch.compile(model) if recipe.compile else model
-    runner_checked = runner is model  # a compiled model may fail on its first call: then train eagerly
+    try:
+        data = data.to(device)
+        set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
+        heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
+        model = build_model(recipe, heads, imagenet=recipe.init == "imagenet" and checkpoint is None)
+        views = PretrainViews.from_objectives(recipe.image_size, recipe.objectives)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                      fused=device.type == "cuda")
+        scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        runner = torch.compile(model) if recipe.compile else model
+        runner_checked = runner is model  # a compiled model may fail on its first call: then train eagerly
 
-    step = 0
-    if checkpoint:
-        try:
-            accelerator.load_state(str(checkpoint))
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {checkpoint} does not load into this run ({type(e).__name__}: {e})") from e
-        step = saved["step"]
-        if data.streams:
-            streams_file = checkpoint / STREAMS_FILE.format(rank=rank)
-            if not streams_file.is_file():
-                raise CheckpointError(f"checkpoint {checkpoint} has no {streams_file.name}: it was written by another "
-                                      "number of processes or without the streamed sources of this recipe")
+        step = 0
+        if checkpoint:
             try:
-                data.load_state_dict(json.loads(streams_file.read_text()))
-            except Exception as e:  # a bad state file, a moved stream, a failed read: all stop the resume here
-                raise CheckpointError(f"checkpoint {checkpoint}: {streams_file.name}: {type(e).__name__}: {e}") from e
-
-    accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
-    # The data order, per process, written at log and checkpoint steps. After a resume the batches past the
-    # checkpoint appear twice; the later line is the one that counted.
-    order_log, pending = output_dir / f"data_order-rank{rank}.jsonl", []
-    progress = tqdm(total=recipe.steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", unit="step")
-    images_per_step = recipe.batch_size * world * recipe.grad_accum
-    first_step, timed_from, started, losses = step, step, time.perf_counter(), {}
-    finished = started
-
-    def inputs(batch: int) -> dict:
-        """This process's rows of global batch number `batch`, and their views."""
-        index = data.sample(recipe.seed, batch, recipe.batch_size * world)[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
-        rows = data.batch(index, device)
-        pending.append((batch + 1, rows["ids"]))
-        made = views(rows["images"], step_generator(recipe.seed, batch, rank, device))
-        return made | {"label": rows["label"], "source": rows["source"]}
-
-    def forward_backward(module, views_and_labels: dict) -> dict:
-        out = module(views_and_labels)
-        accelerator.backward(out["loss"] / recipe.grad_accum)
-        return out
-
-    while step < recipe.steps:
-        for micro in range(recipe.grad_accum):
-            micro_batch = inputs(step * recipe.grad_accum + micro)
-            # Gradients are all-reduced on the last micro-batch only.
-            with contextlib.nullcontext() if micro == recipe.grad_accum - 1 else accelerator.no_sync(model):
+                accelerator.load_state(str(checkpoint))
+            except Exception as e:
+                raise CheckpointError(f"checkpoint {checkpoint} does not load into this run ({type(e).__name__}: {e})") from e
+            step = saved["step"]
+            if data.streams:
+                streams_file = checkpoint / STREAMS_FILE.format(rank=rank)
+                if not streams_file.is_file():
+                    raise CheckpointError(f"checkpoint {checkpoint} has no {streams_file.name}: it was written by another "
+                                          "number of processes or without the streamed sources of this recipe")
                 try:
-                    losses = forward_backward(runner, micro_batch)
-                except Exception as e:
-                    if runner_checked:
-                        raise
-                    warnings.warn(f"compile: true failed ({type(e).__name__}: {e}); training eagerly instead")
-                    optimizer.zero_grad(set_to_none=True)
-                    runner = model
-                    losses = forward_backward(runner, micro_batch)
-                runner_checked = True
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        progress.update(1)
-        if step == first_step + 1 and step < recipe.steps:  # leave the first step (compilation, warm-up) out of the rate
-            timed_from, started = step, _synchronized_time(device)
-        if step == recipe.steps:  # and the final checkpoint
-            finished = _synchronized_time(device)
-        logging = step % recipe.log_every == 0 or step == recipe.steps
-        checkpointing = step % recipe.checkpoint_every == 0 or step == recipe.steps
-        if logging or checkpointing:
-            with open(order_log, "a") as f:
-                f.write(_order_lines(pending))
-            pending.clear()
-        if logging:
-            values = _values(losses)
-            rate = images_per_step * (step - timed_from) / max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
-            accelerator.log({f"loss/{k}": v for k, v in values.items()}
-                            | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate}, step=step)
-        if checkpointing:
-            _save_checkpoint(accelerator, output_dir, {"step": step, "recipe": recipe.to_dict()}, recipe.keep_checkpoints,
-                             data.state_dict())
+                    data.load_state_dict(json.loads(streams_file.read_text()))
+                except Exception as e:  # a bad state file, a moved stream, a failed read: all stop the resume here
+                    raise CheckpointError(f"checkpoint {checkpoint}: {streams_file.name}: {type(e).__name__}: {e}") from e
+
+        accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        # The data order, per process, written at log and checkpoint steps. After a resume the batches past the
+        # checkpoint appear twice; the later line is the one that counted.
+        order_log, pending = output_dir / f"data_order-rank{rank}.jsonl", []
+        progress = tqdm(total=recipe.steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", unit="step")
+        images_per_step = recipe.batch_size * world * recipe.grad_accum
+        first_step, timed_from, started, losses = step, step, time.perf_counter(), {}
+        finished = started
+
+        def inputs(batch: int) -> dict:
+            """This process's rows of global batch number `batch`, and their views."""
+            index = data.sample(recipe.seed, batch, recipe.batch_size * world)[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
+            rows = data.batch(index, device)
+            pending.append((batch + 1, rows["ids"]))
+            made = views(rows["images"], step_generator(recipe.seed, batch, rank, device))
+            return made | {"label": rows["label"], "source": rows["source"]}
+
+        def forward_backward(module, views_and_labels: dict) -> dict:
+            out = module(views_and_labels)
+            accelerator.backward(out["loss"] / recipe.grad_accum)
+            return out
+
+        while step < recipe.steps:
+            for micro in range(recipe.grad_accum):
+                micro_batch = inputs(step * recipe.grad_accum + micro)
+                # Gradients are all-reduced on the last micro-batch only.
+                with contextlib.nullcontext() if micro == recipe.grad_accum - 1 else accelerator.no_sync(model):
+                    try:
+                        losses = forward_backward(runner, micro_batch)
+                    except Exception as e:
+                        if runner_checked:
+                            raise
+                        warnings.warn(f"compile: true failed ({type(e).__name__}: {e}); training eagerly instead")
+                        optimizer.zero_grad(set_to_none=True)
+                        runner = model
+                        losses = forward_backward(runner, micro_batch)
+                    runner_checked = True
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if step == first_step + 1 and step < recipe.steps:  # leave the first step (compilation, warm-up) out of the rate
+                timed_from, started = step, _synchronized_time(device)
+            if step == recipe.steps:  # and the final checkpoint
+                finished = _synchronized_time(device)
+            logging = step % recipe.log_every == 0 or step == recipe.steps
+            checkpointing = step % recipe.checkpoint_every == 0 or step == recipe.steps
+            if logging or checkpointing:
+                with open(order_log, "a") as f:
+                    f.write(_order_lines(pending))
+                pending.clear()
+            if logging:
+                values = _values(losses)
+                rate = images_per_step * (step - timed_from) / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+                accelerator.log({f"loss/{k}": v for k, v in values.items()}
+                                | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate}, step=step)
+            if checkpointing:
+                _save_checkpoint(accelerator, output_dir, {"step": step, "recipe": recipe.to_dict()}, recipe.keep_checkpoints,
+                                 data.state_dict())
+    finally:  # a streamed source's reader thread stops also when a step raises or the user presses Ctrl-C
+        data.close()
     progress.close()
-    data.close()
     unwrapped = accelerator.unwrap_model(model)
     checksums = gather_object([_checksum(unwrapped)])
     record = {

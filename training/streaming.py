@@ -4,7 +4,8 @@ Each process reads its own part (`datasets.distributed.split_dataset_by_node`: w
 their number divides evenly, every `world`-th row otherwise). Rows are decoded through the package's one intensity
 path in chunks of `chunk_rows` into pinned uint8 tensors; the next chunk is decoded in a background thread while the
 current one is used. Each chunk is shuffled by a generator seeded by (seed, rank, chunk), and the stream restarts at
-its end (the next epoch).
+its end (the next epoch). Not `IterableDataset.shuffle`: its `state_dict` leaves the shuffle buffer out, so a resumed
+run would read other rows than an uninterrupted one.
 
 A killed run resumes exactly: a checkpoint stores, per process, the stream's own `state_dict` at the start of the
 chunk in use and the position in that chunk.
