@@ -38,6 +38,13 @@ def comparison_rows(benchmark: dict) -> list[dict]:
     return rows
 
 
+def _dataset_name(source: dict) -> str:
+    """A source as the card's `datasets:` metadata names it: a Hub source by its repo id (the Hub links it)."""
+    if source["dataset"] == "hub":
+        return source["repo_id"]
+    return source["dataset"] + (f":{source['config']}" if source.get("config") else f":{source['data_dir']}")
+
+
 def render_model_card(variant: str, records_dir, template, repo_id: str, figures: str = "") -> ModelCard:
     """`figures`: the path from the card to the benchmark's PNGs (the bundle keeps them beside its README)."""
     pretrain, benchmark = load_records(records_dir)
@@ -56,7 +63,7 @@ def render_model_card(variant: str, records_dir, template, repo_id: str, figures
         model_name=name, license="other", license_name="research-only", license_link="README.md#training-data",
         library_name="transformers", pipeline_tag="image-feature-extraction",
         tags=["medical-imaging", "image-classification", "timm", "transformers", "mednet", *MODALITY_TAGS[variant]],
-        datasets=sorted({s["dataset"] + (f":{s['config']}" if s.get("config") else f":{s['data_dir']}") for s in recipe["sources"]}),
+        datasets=sorted({_dataset_name(s) for s in recipe["sources"]}),
         metrics=["roc_auc", "accuracy"], eval_results=eval_results or None,
     )
     figures_present = [f for f in FIGURES if (Path(records_dir) / f).is_file()]

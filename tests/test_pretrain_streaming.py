@@ -6,6 +6,7 @@ Everything that talks to the server runs in a fresh interpreter: huggingface_hub
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DATA_DIR, REPO_ROOT, data_path, run_cli
+from mednet_hf.model_card import check_card, render_model_card
 from test_pretrain import _order  # batch number → example ids of a run's data-order log
 
 REPO = "mednet-test/pneumoniamnist-stream"
@@ -165,6 +167,18 @@ def test_killed_run_with_a_streamed_source_resumes_with_the_same_rows(pushed, tm
     assert b["data"][0] == {"name": "pneumonia_hub", "dataset": "hub", "rows": None, "labelled": True,
                             "repo_id": REPO, "streamed": True}
     assert b["epochs"] is None
+    # A card rendered from this run's record (with a shipped transfer study) names the Hub dataset and says its
+    # images were streamed, where a local source names its folder and count.
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "pretrain.json").write_text(json.dumps(b))
+    shutil.copy(REPO_ROOT / "model_cards" / "records" / "gray" / "benchmark.json", records)
+    card = render_model_card("gray", records, REPO_ROOT / "model_cards" / "template.md", "mednet/gray")
+    check_card(card, records)
+    assert card.data.datasets == sorted([REPO, "imagefolder:dicom_series"])
+    hub_row = next(line for line in str(card).splitlines() if line.startswith("| pneumonia_hub |"))
+    assert f"[{REPO}](https://huggingface.co/datasets/{REPO})" in hub_row and "| streamed |" in hub_row
+    assert "None" not in hub_row and "epochs are not counted" in str(card)
 
 
 # A run stopped mid-way (Ctrl-C at the third step) stops its stream's reader thread as the interrupt propagates.
