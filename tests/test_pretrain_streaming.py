@@ -211,6 +211,41 @@ def test_interrupted_run_stops_its_stream_reader(pushed, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "3 []"  # interrupted at the third step; no reader left
 
 
+# Moves the dataset's main branch: a commit that adds a file beside the parquet shards, as a dataset card edit would.
+MOVE_BRANCH = r"""
+import sys
+from huggingface_hub import HfApi
+api = HfApi()
+before = api.dataset_info(sys.argv[1]).sha
+api.upload_file(path_or_fileobj=b"moved", path_in_repo="NOTES.txt", repo_id=sys.argv[1], repo_type="dataset")
+print(before, api.dataset_info(sys.argv[1]).sha)
+"""
+
+
+def test_resume_after_the_branch_moved_stops_and_names_the_commit_to_pin(pushed, tmp_path):
+    recipe = _recipe(tmp_path, "pinned", [STREAMED], steps=2, checkpoint_every=2, stream_chunk_rows=16)
+    run = tmp_path / "run"
+    first = run_cli(["pretrain", "--recipe", str(recipe), "--output-dir", str(run)], pushed)
+    assert first.returncode == 0, first.stderr[-4000:]
+    moved = subprocess.run([sys.executable, "-c", MOVE_BRANCH, REPO], env=pushed, capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stderr[-4000:]
+    read, head = moved.stdout.split()
+    assert read != head
+    assert json.loads((run / "checkpoints" / "step-00000002" / "streams-rank0.json").read_text())["0"]["revision"] == read
+
+    more = ["pretrain", "--recipe", str(recipe), "--output-dir", str(run), "--resume", "--steps", "4"]
+    refused = run_cli(more, pushed)
+    assert refused.returncode != 0
+    assert f"set `revision: {read}`" in refused.stderr and head in refused.stderr
+    assert not (run / "checkpoints" / "step-00000004").exists()
+    # Pinned to the commit the run read, the same resume goes on.
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()),
+                                      "sources": [{**STREAMED, "revision": read}]}))
+    resumed = run_cli(more, pushed)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert (run / "checkpoints" / "step-00000004" / "streams-rank0.json").is_file()
+
+
 def test_two_processes_each_read_their_part_of_the_stream(pushed, tmp_path):
     recipe, out = _recipe(tmp_path, "two", [STREAMED], steps=2), tmp_path / "run"
     accelerate = Path(sys.executable).parent / "accelerate"
