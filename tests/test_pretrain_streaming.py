@@ -211,38 +211,45 @@ def test_interrupted_run_stops_its_stream_reader(pushed, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "3 []"  # interrupted at the third step; no reader left
 
 
-# Moves the dataset's main branch: a commit that adds a file beside the parquet shards, as a dataset card edit would.
-MOVE_BRANCH = r"""
-import sys
+# A run, then a commit that moves the dataset's main branch (a file beside the parquet shards, as a card edit would
+# add), then the same resume unpinned and pinned to the commit the run read. One interpreter: each start costs seconds.
+MOVED_BRANCH = r"""
+import json, sys
+import yaml
 from huggingface_hub import HfApi
+from mednet_hf.training.pretrain import pretrain
+
+recipe, run, repo = sys.argv[1], sys.argv[2], sys.argv[3]
+pretrain(recipe, run)
 api = HfApi()
-before = api.dataset_info(sys.argv[1]).sha
-api.upload_file(path_or_fileobj=b"moved", path_in_repo="NOTES.txt", repo_id=sys.argv[1], repo_type="dataset")
-print(before, api.dataset_info(sys.argv[1]).sha)
+read = api.dataset_info(repo).sha
+api.upload_file(path_or_fileobj=b"moved", path_in_repo="NOTES.txt", repo_id=repo, repo_type="dataset")
+out = {"read": read, "head": api.dataset_info(repo).sha}
+try:
+    pretrain(recipe, run, resume="latest", steps=4)
+except ValueError as e:
+    out["refused"] = str(e)
+spec = yaml.safe_load(open(recipe))
+spec["sources"][0]["revision"] = read
+open(recipe, "w").write(yaml.safe_dump(spec))
+out["resumed_steps"] = pretrain(recipe, run, resume="latest", steps=4)["steps"]
+print(json.dumps(out))
 """
 
 
 def test_resume_after_the_branch_moved_stops_and_names_the_commit_to_pin(pushed, tmp_path):
     recipe = _recipe(tmp_path, "pinned", [STREAMED], steps=2, checkpoint_every=2, stream_chunk_rows=16)
     run = tmp_path / "run"
-    first = run_cli(["pretrain", "--recipe", str(recipe), "--output-dir", str(run)], pushed)
-    assert first.returncode == 0, first.stderr[-4000:]
-    moved = subprocess.run([sys.executable, "-c", MOVE_BRANCH, REPO], env=pushed, capture_output=True, text=True, timeout=120)
-    assert moved.returncode == 0, moved.stderr[-4000:]
-    read, head = moved.stdout.split()
+    result = subprocess.run([sys.executable, "-c", MOVED_BRANCH, str(recipe), str(run), REPO], env=pushed,
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    read, head = out["read"], out["head"]
     assert read != head
     assert json.loads((run / "checkpoints" / "step-00000002" / "streams-rank0.json").read_text())["0"]["revision"] == read
-
-    more = ["pretrain", "--recipe", str(recipe), "--output-dir", str(run), "--resume", "--steps", "4"]
-    refused = run_cli(more, pushed)
-    assert refused.returncode != 0
-    assert f"set `revision: {read}`" in refused.stderr and head in refused.stderr
-    assert not (run / "checkpoints" / "step-00000004").exists()
-    # Pinned to the commit the run read, the same resume goes on.
-    recipe.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()),
-                                      "sources": [{**STREAMED, "revision": read}]}))
-    resumed = run_cli(more, pushed)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    # Unpinned, the resume stops before a step and says which commit to pin; pinned to it, the same resume goes on.
+    assert f"set `revision: {read}`" in out["refused"] and head in out["refused"]
+    assert out["resumed_steps"] == 4
     assert (run / "checkpoints" / "step-00000004" / "streams-rank0.json").is_file()
 
 
