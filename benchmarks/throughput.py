@@ -67,6 +67,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
                         help="mixed precision of (a), (b), (c), (e); auto: bf16 on CUDA, none on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile (a), (b), (c), (e); eager if it fails")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="keep the default (NCHW) memory format in (a), (b), (c), (e)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads of this process (default: torch's)")
     parser.add_argument("--output", help="JSON file (default: benchmarks/results/throughput-<device>.json)")
     args = parser.parse_args()
     quick = args.quick
@@ -130,8 +133,9 @@ def autocast(args, device):
 
 def plain_timm(architecture: str, size: int, channels: int, batch: int, args, device) -> float:
     """(a) The ceiling: classification steps of the bare timm network on synthetic data on the device."""
-    model = timm.create_model(architecture, num_classes=10, in_chans=channels).to(device).to(memory_format=torch.channels_last)
-    images = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    form = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = timm.create_model(architecture, num_classes=10, in_chans=channels).to(device).to(memory_format=form)
+    images = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=form)
     labels = torch.randint(0, 10, (batch,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
 
@@ -192,8 +196,9 @@ def finetune_end_to_end(model: Path, batch: int, args, workdir: Path) -> float:
 def inference(architecture: str, size: int, variant: str, batch: int, args, device) -> tuple[float, float]:
     """(e) Images/s of `MedNetModel` and of the bare timm network inside it, same weights and inputs."""
     mednet = MedNetModel(MedNetConfig(architecture=architecture, variant=variant, image_size=size))
-    mednet = mednet.to(device).to(memory_format=torch.channels_last).eval()
-    images = torch.rand(batch, mednet.config.num_channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    form = torch.channels_last if args.channels_last else torch.contiguous_format
+    mednet = mednet.to(device).to(memory_format=form).eval()
+    images = torch.rand(batch, mednet.config.num_channels, size, size, device=device).contiguous(memory_format=form)
     rates = []
     for module in (mednet, mednet.get_encoder()):
         def make_step(runner):
@@ -221,6 +226,8 @@ def data_path(recipe, data, batch: int) -> float:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.precision == "auto":
         args.precision = "bf16" if device.type == "cuda" else "no"
@@ -233,7 +240,7 @@ def main() -> None:
         batch = args.batch_size or (32 if args.quick else GPU_BATCH.get(config, 256))
         recipe = load_recipe(
             RECIPE, backbone=architecture, image_size=size, batch_size=batch, steps=args.pretrain_steps,
-            mixed_precision=args.precision, compile=args.compile, checkpoint_every=10**9, log_every=10**9,
+            mixed_precision=args.precision, compile=args.compile, channels_last=args.channels_last, checkpoint_every=10**9, log_every=10**9,
             num_workers=min(8, os.cpu_count() or 1),  # decoding, on the first run only
         )
         data = pretraining_data(recipe)  # decodes on the first run, reads the cache after
@@ -263,7 +270,8 @@ def main() -> None:
             return f"{'-':>18}"
         return f"{row[key]:>18.2f}" if key in RATIOS else f"{row[key]:>18,.0f}"
 
-    print(f"\n{name}; torch {torch.__version__}; precision {args.precision}; compile {args.compile}; channels_last; "
+    print(f"\n{name}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); precision {args.precision}; "
+          f"compile {args.compile}; channels_last {args.channels_last}; "
           "images/s ((b), (c), (f): source images, each giving 8 views)")
     print(f"{'config':<14}{'batch':>6}" + "".join(f"{title:>18}" for title in [*COLUMNS.values(), *RATIOS]))
     for row in rows:
@@ -274,7 +282,8 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
         "device": name, "device_type": device.type, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-        "precision": args.precision, "compile": args.compile, "channels_last": True, "recipe": str(RECIPE.relative_to(REPO)),
+        "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
+        "threads": torch.get_num_threads(), "recipe": str(RECIPE.relative_to(REPO)),
         "steps": args.steps, "warmup": args.warmup, "pretrain_steps": args.pretrain_steps,
         "finetune_steps": args.finetune_steps, "data_batch": args.data_batch, "results": rows,
     }, indent=1))

@@ -18,6 +18,16 @@ def _option(text: str):
         return key, value
 
 
+def _json_list(text: str) -> list:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r} ({e})") from e
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r}")
+    return value
+
+
 def _add_data_commands(commands) -> None:
     from .data import BUILDERS
 
@@ -92,6 +102,9 @@ def add_dataclass_arguments(parser, cls, overrides_only: bool = False) -> None:
             spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default)
         if kind is dict:
             parser.add_argument(flag, dest=spec.name, type=_option, action="append", metavar="KEY=VALUE", help=text)
+        elif kind is list:
+            parser.add_argument(flag, dest=spec.name, type=_json_list, default=None if overrides_only else default,
+                                metavar="JSON", help=text)
         elif kind is bool and default is False:
             parser.add_argument(flag, dest=spec.name, action="store_true", default=False, help=text)
         elif kind is bool:  # --flag / --no-flag: a recipe's value, or a default of True, can be turned off

@@ -13,7 +13,6 @@ The output folder holds `results.json` (every run, its command line and the path
 against label fraction per task) and `convergence.png` (validation AUROC per epoch, MedNet against scratch).
 """
 
-import hashlib
 import json
 import shlex
 import shutil
@@ -27,12 +26,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from mednet_hf.data import load_medical_dataset, medical_transform
+from mednet_hf.loading import weights_sha256
 from mednet_hf.metrics import classification_metrics
 
 from .finetune import FinetuneArguments, finetune
 from .recipe import resolve_data_dir
 
 INITS = ("mednet", "scratch", "imagenet")
+COLORS = {"mednet": "C0", "scratch": "C1", "imagenet": "C2"}  # the same in every plot
 
 
 @dataclass
@@ -127,13 +128,30 @@ def prepare_inits(study: Study, work: Path) -> tuple[dict[str, str], dict[str, s
 # ---------------------------------------------------------------------------------------------------- one fine-tuning run
 
 
+def _scores(history: list[dict]) -> list[tuple[float, float]]:
+    return [(entry["epoch"], entry["eval_auroc"]) for entry in history if entry.get("eval_auroc") is not None]
+
+
 def epochs_to_reach(history: list[dict], share: float) -> float | None:
     """The first epoch at which validation AUROC reaches `share` of the run's best; None without evaluations."""
-    scores = [(entry["epoch"], entry["eval_auroc"]) for entry in history if entry.get("eval_auroc") is not None]
+    scores = _scores(history)
     if not scores:
         return None
     best = max(score for _, score in scores)
     return next(epoch for epoch, score in scores if score >= share * best)
+
+
+def acceleration(mednet: list[dict], scratch: list[dict]) -> dict | None:
+    """Convergence against scratch's best (as Ghesu et al. report it): the epoch at which scratch first reaches its
+    best validation AUROC, and the epoch at which MedNet's run (same task, labels and seed) first reaches that value,
+    None if it never does. Unlike "epochs to 95% of the run's own best", a run whose best is poor gains nothing."""
+    theirs, ours = _scores(scratch), _scores(mednet)
+    if not theirs or not ours:
+        return None
+    best = max(score for _, score in theirs)
+    scratch_epoch = next(epoch for epoch, score in theirs if score >= best)
+    mednet_epoch = next((epoch for epoch, score in ours if score >= best), None)
+    return {"scratch_best_auroc": best, "scratch_epoch": scratch_epoch, "mednet_epoch": mednet_epoch}
 
 
 def _command(arguments: FinetuneArguments) -> str:
@@ -151,29 +169,6 @@ def _command(arguments: FinetuneArguments) -> str:
             else:
                 parts += [flag, str(value)]
     return shlex.join(parts)
-
-
-def weights_sha256(model: str) -> str | None:
-    """A digest of the starting weights (a folder, or a Hub id in the local cache), so that a study run again after
-    the weights changed at the same path does not reuse runs that started from the old ones; None if not found."""
-    folder = Path(model)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(model, allow_patterns=["*.safetensors"], local_files_only=True))
-        except Exception:  # not in the cache: nothing to compare, so nothing is reused
-            return None
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:  # nothing to compare (e.g. pickled weights only), so nothing is reused
-        return None
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def run_finetune(study: Study, task: Task, init: str, model: str, fraction: float, seed: int, output_dir: Path) -> dict:
@@ -244,11 +239,27 @@ def frozen_features(study: Study, task: Task, model_id: str) -> dict:
         ("knn", KNeighborsClassifier(n_neighbors=study.knn_k, metric="cosine")),
     ):
         classifier.fit(train_x, train_y)
+        probabilities = classifier.predict_proba(test_x)
         # classification_metrics takes logits: the log of the class probabilities is one
-        scores = np.log(np.clip(classifier.predict_proba(test_x), 1e-12, 1.0))
-        metrics = classification_metrics(scores, test_y)
-        out[method] = {"test_auroc": metrics["auroc"], "test_accuracy": metrics["accuracy"]}
+        metrics = classification_metrics(np.log(np.clip(probabilities, 1e-12, 1.0)), test_y)
+        out[method] = {"test_auroc": metrics["auroc"], "test_accuracy": metrics["accuracy"],
+                       "test_auroc_bootstrap_std": bootstrap_auroc_std(probabilities, test_y)}
     return out
+
+
+def bootstrap_auroc_std(probabilities: np.ndarray, labels: np.ndarray, resamples: int = 200, seed: int = 0) -> float:
+    """The spread of a deterministic score (a probe has no seeds): the standard deviation of the test AUROC over
+    test sets resampled with replacement within each class (so every class stays present), seeded."""
+    from mednet_hf.metrics import load_metric
+
+    rng, labels = np.random.default_rng(seed), np.asarray(labels)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    auroc = load_metric("auroc")
+    values = []
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
+        values.append(auroc.compute(prediction_scores=probabilities[index], references=labels[index])["auroc"])
+    return float(np.std(values))
 
 
 # ---------------------------------------------------------------------------------------------------- summaries
@@ -256,6 +267,26 @@ def frozen_features(study: Study, task: Task, model_id: str) -> dict:
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
+
+
+def summarise_acceleration(runs: list[dict]) -> list[dict]:
+    """Per task and label fraction: MedNet's epoch to scratch's best against scratch's, over the seeds both ran
+    (mean of each; `reached` counts the seeds where MedNet got there at all)."""
+    by_key = {(r["task"], r["label_fraction"], r["seed"], r["init"]): r for r in runs}
+    rows = []
+    for task, fraction in sorted({(r["task"], r["label_fraction"]) for r in runs}):
+        pairs = [(by_key[(task, fraction, seed, "mednet")], by_key[(task, fraction, seed, "scratch")])
+                 for seed in sorted({r["seed"] for r in runs})
+                 if (task, fraction, seed, "mednet") in by_key and (task, fraction, seed, "scratch") in by_key]
+        found = [a for a in (acceleration(m["history"], s["history"]) for m, s in pairs) if a]
+        if not found:
+            continue
+        reached = [a["mednet_epoch"] for a in found if a["mednet_epoch"] is not None]
+        rows.append({"task": task, "label_fraction": fraction, "seeds": len(found), "reached": len(reached),
+                     "scratch_epoch": float(np.mean([a["scratch_epoch"] for a in found])),
+                     "mednet_epoch": float(np.mean(reached)) if reached else None,
+                     "per_seed": found})
+    return rows
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -295,6 +326,16 @@ def markdown(results: dict) -> str:
         for init, m in by_init.items():
             lines.append(f"| {task} | {init} | {m['linear_probe']['test_auroc']:.3f} | {m['knn']['test_auroc']:.3f} | "
                          f"{m['linear_probe']['test_accuracy']:.3f} | {m['knn']['test_accuracy']:.3f} |")
+    if results.get("acceleration"):
+        lines += ["", "## Convergence against scratch's best (validation AUROC)", "",
+                  "Epoch at which scratch first reaches its best, and at which MedNet first reaches that same value "
+                  "(mean over the seeds where it does).", "",
+                  "| task | labels | scratch's best at epoch | MedNet reaches it at epoch | seeds where MedNet reaches it |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in results["acceleration"]:
+            mednet = "never" if row["mednet_epoch"] is None else f"{row['mednet_epoch']:.1f}"
+            lines.append(f"| {row['task']} | {row['label_fraction']:.0%} | {row['scratch_epoch']:.1f} | {mednet} | "
+                         f"{row['reached']} of {row['seeds']} |")
     if results["dense"]:
         lines += ["", "## Dense: DRIVE vessel segmentation (Dice on the 20 test images, inside the field of view)", "",
                   "| init | Dice | size | steps |", "|---|---:|---:|---:|"]
@@ -308,7 +349,7 @@ def markdown(results: dict) -> str:
 
 def plot(results: dict, output_dir: Path) -> list[Path]:
     """label_fractions.png (test AUROC vs label fraction, one panel per task) and convergence.png (validation AUROC
-    per epoch at the smallest fraction, MedNet against scratch, seed 0)."""
+    per epoch, one panel per task and label fraction, every initialisation, the first seed)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -323,7 +364,7 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
             x = [r["label_fraction"] for r in rows]
             mean = np.array([r["test_auroc"][0] for r in rows])
             std = np.array([r["test_auroc"][1] for r in rows])
-            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=init)
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=init, color=COLORS.get(init))
         ax.set(xscale="log", title=f"{task} ({domain[task]} of domain)", xlabel="label fraction", ylabel="test AUROC")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
@@ -332,13 +373,24 @@ def plot(results: dict, output_dir: Path) -> list[Path]:
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
 
-    smallest = min(r["label_fraction"] for r in results["runs"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for run in results["runs"]:
-            if run["task"] == task and run["label_fraction"] == smallest and run["seed"] == min(results["study"]["seeds"]):
-                ax.plot([h["epoch"] for h in run["history"]], [h["eval_auroc"] for h in run["history"]], marker=".", label=run["init"])
-        ax.set(title=f"{task}, {smallest:.0%} labels", xlabel="epoch", ylabel="validation AUROC")
+    # Validation AUROC per epoch for every task and label fraction (seed: the study's first): MedNet against scratch,
+    # with scratch's best (dotted) and the epochs at which scratch and MedNet first reach it.
+    panels = sorted({(r["task"], r["label_fraction"]) for r in results["runs"]})
+    seed = min(results["study"]["seeds"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (task, fraction) in zip(axes[0], panels):
+        curves = {r["init"]: r["history"] for r in results["runs"]
+                  if r["task"] == task and r["label_fraction"] == fraction and r["seed"] == seed}
+        for init, history in sorted(curves.items()):
+            ax.plot([h["epoch"] for h in history], [h["eval_auroc"] for h in history], marker=".", label=init,
+                    color=COLORS.get(init))
+        reached = acceleration(curves["mednet"], curves["scratch"]) if {"mednet", "scratch"} <= set(curves) else None
+        if reached:
+            ax.axhline(reached["scratch_best_auroc"], color="gray", linestyle=":", linewidth=1)
+            ax.axvline(reached["scratch_epoch"], color="gray", linestyle=":", linewidth=1)
+            if reached["mednet_epoch"] is not None:
+                ax.axvline(reached["mednet_epoch"], color=COLORS["mednet"], linestyle="--", linewidth=1)
+        ax.set(title=f"{task}, {fraction:.0%} labels, seed {seed}", xlabel="epoch", ylabel="validation AUROC")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
@@ -408,7 +460,7 @@ def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     results = {"study": asdict(study), "study_file": str(study_path), "quick": quick, "device": device, "skipped": skipped,
                "interrupted": interrupted,
-               "runs": runs, "summary": summarise(runs), "frozen": frozen, "dense": dense,
+               "runs": runs, "summary": summarise(runs), "acceleration": summarise_acceleration(runs), "frozen": frozen, "dense": dense,
                "seconds": time.perf_counter() - started}
     (output_dir / "results.json").write_text(json.dumps(results, indent=1))
     (output_dir / "results.md").write_text(markdown(results))
@@ -417,4 +469,4 @@ def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = 
     return results
 
 
-__all__ = ["Study", "Task", "benchmark", "epochs_to_reach", "load_study", "study_file", "summarise"]
+__all__ = ["Study", "Task", "acceleration", "benchmark", "epochs_to_reach", "load_study", "study_file", "summarise", "summarise_acceleration"]

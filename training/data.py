@@ -163,6 +163,11 @@ class PretrainingData:
             index = torch.where(streamed[source], -(source + 1), index)
         return index
 
+    def source_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The source of each row index that `sample` gave (streamed rows included)."""
+        held = torch.searchsorted(self.offsets, index.clamp_min(0), right=True) - 1
+        return torch.where(index < 0, -index - 1, held)
+
     def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         """Images, labels and sources of rows `index` (CPU), on `device`, without waiting for it; and `ids`, the
         rows' stable ids (source * ROW_STRIDE + row; for a streamed row, + this process's count of rows taken from

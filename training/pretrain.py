@@ -12,13 +12,16 @@ run resumes with the same data and the same views. The final backbone is exporte
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import timm
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
+from mednet_hf.loading import weights_sha256
 
 from .augment import PretrainViews, step_generator
 from .data import pretraining_data
@@ -57,12 +61,37 @@ def _imagenet_init(backbone: MedNetModel, architecture: str) -> None:
     backbone.get_encoder().load_state_dict(source.state_dict())
 
 
-def build_model(recipe: Recipe, heads: list[tuple[int, int, float]], imagenet: bool = False) -> PretrainModel:
-    """A MedNet backbone, freshly initialised or (`imagenet`) from timm's ImageNet weights, and the objectives' heads."""
-    config = MedNetConfig(architecture=recipe.backbone, variant=recipe.variant, image_size=recipe.image_size)
+def _warm_start(backbone: MedNetModel, init: str) -> None:
+    """A warm restart: the backbone weights of a saved MedNet (folder or Hub id); the objectives' heads start fresh."""
+    try:
+        source = MedNetModel.from_pretrained(init)
+    except Exception as e:  # no such folder or repo, not in the cache offline, not a MedNet
+        raise ValueError(f"init: {init!r} is neither scratch, imagenet nor a MedNet checkpoint that loads "
+                         f"({type(e).__name__}: {e})") from e
+    theirs, ours = source.config, backbone.config
+    if (theirs.architecture, theirs.variant) != (ours.architecture, ours.variant):
+        raise ValueError(f"init: {init!r} is a {theirs.variant} {theirs.architecture}, the recipe trains a "
+                         f"{ours.variant} {ours.architecture}")
+    backbone.get_encoder().load_state_dict(source.get_encoder().state_dict())
+
+
+def describe_init(init: str) -> str:
+    """How a run that starts from `init` started, for its record."""
+    if init in ("scratch", "imagenet"):
+        return {"scratch": "scratch", "imagenet": "timm's ImageNet weights"}[init]
+    return f"warm restart from {init} (weights sha256 {weights_sha256(init)})"
+
+
+def build_model(recipe: Recipe, heads: list[tuple[int, int, float]], init: str = "scratch") -> PretrainModel:
+    """A MedNet backbone, freshly initialised, from timm's ImageNet weights (`init="imagenet"`) or from a saved
+    MedNet (a folder or Hub id), and the objectives' heads. Its config takes the run's last resolution, the one the
+    release is exported for."""
+    config = MedNetConfig(architecture=recipe.backbone, variant=recipe.variant, image_size=recipe.image_sizes[-1])
     backbone = MedNetModel(config)
-    if imagenet:
+    if init == "imagenet":
         _imagenet_init(backbone, recipe.backbone)
+    elif init != "scratch":
+        _warm_start(backbone, init)
     model = PretrainModel(backbone, recipe.objectives, heads, recipe.channels_last)
     return model.to(memory_format=torch.channels_last) if recipe.channels_last else model
 
@@ -134,14 +163,82 @@ def _values(losses: dict) -> dict:
     return dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist())) if losses else {}
 
 
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores)"
+    return f"CPU ({_cpu_name()}, {torch.get_num_threads()} torch thread(s) per process, {os.cpu_count()} cores)"
+
+
+def auto_precision(device: torch.device) -> str:
+    """`mixed_precision: auto`: bf16 autocast where the device computes bf16 natively (CUDA with bf16; a CPU with
+    AVX-512 BF16 or AMX), else fp32. On this project's 2-core CPU bf16 made `PretrainModel` steps faster at every
+    size measured (`benchmarks/cpu_settings.py`, the README's table)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if device.type == "cpu":  # torch.cpu's probes of the instruction sets its kernels use (private, so guarded)
+        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return "bf16" if native else "no"
+    return "no"
+
+
+def lr_schedule(optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then a cosine decay to 0 over the remaining steps (transformers' schedule), or over every
+    `cycle_steps` (SGDR's warm restarts), where the factor at a step depends on the step alone, exactly: a run
+    resumed with a larger `steps` goes on with the same cycles."""
+    if not recipe.cycle_steps:
+        return get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+    warmup, cycle = recipe.warmup_steps, recipe.cycle_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * ((step - warmup) % cycle) / cycle))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _order_lines(pending: list) -> str:
     return "".join(json.dumps({"batch": batch, "index": ids.tolist()}) + "\n" for batch, ids in pending)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Segment:
+    """One stretch of a run between a start and a stop (the run's first start, each `--resume`, a warm restart):
+    what it trained, for how long, on what. A checkpoint stores the run's segments so far, the current one up to
+    that checkpoint, so that the record of a run stopped and resumed many times lists every stretch."""
+
+    def __init__(self, start: str, step: int, recipe: Recipe, accelerator: Accelerator, device: torch.device):
+        self.wall_started, self.cpu_started = time.perf_counter(), time.process_time()
+        self.fields = {
+            "started": _now(), "start": start, "from_step": step, "to_step": step, "images": 0, "wall_seconds": 0.0,
+            "cpu_seconds": 0.0, "processes": accelerator.num_processes, "threads_per_process": torch.get_num_threads(),
+            "precision": accelerator.mixed_precision, "channels_last": recipe.channels_last, "compile": recipe.compile,
+            "batch_size": recipe.batch_size * accelerator.num_processes * recipe.grad_accum, "hardware": _hardware(device),
+            "final_losses": {},
+        }
+
+    def update(self, step: int, recipe: Recipe, losses: dict) -> dict:
+        """The segment up to `step` (a collective: every process calls it, each adding its CPU time)."""
+        cpu = sum(gather_object([time.process_time() - self.cpu_started]))
+        first = self.fields["from_step"]
+        self.fields.update(
+            to_step=step, images=(step - first) * self.fields["batch_size"], wall_seconds=time.perf_counter() - self.wall_started,
+            cpu_seconds=cpu, image_sizes=sorted({recipe.size_at(s) for s in range(first, max(step, first + 1))}),
+            final_losses=_values(losses) or self.fields["final_losses"],
+        )
+        return dict(self.fields)
 
 
 def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) -> dict:
@@ -163,9 +260,16 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     saved = _validate_checkpoint(checkpoint) if checkpoint else None
     if saved and saved["recipe"]["backbone"] != recipe.backbone:
         raise CheckpointError(f"checkpoint {checkpoint} is a {saved['recipe']['backbone']} run, the recipe asks for {recipe.backbone}")
+    if saved and saved["step"] >= recipe.steps:
+        raise CheckpointError(f"checkpoint {checkpoint} is at step {saved['step']}, and the recipe ends at step "
+                              f"{recipe.steps}: pass a larger --steps to train on")
 
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    precision = recipe.mixed_precision
+    if precision == "auto":
+        precision = auto_precision(torch.device("cpu" if cpu else "cuda"))
     accelerator = Accelerator(
-        mixed_precision=recipe.mixed_precision,
+        mixed_precision=precision,
         log_with="tensorboard",
         project_dir=str(output_dir),
         # Every parameter gets a gradient every step (the supervised loss is masked, not branched).
@@ -176,28 +280,32 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     output_dir.mkdir(parents=True, exist_ok=True)
-    with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
-        data = pretraining_data(recipe, rank, world)
+    datas = {}
     try:
-        data = data.to(device)
+        with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
+            for size in recipe.image_sizes:  # one uint8 copy of every source per resolution the run trains at
+                datas[size] = pretraining_data(dataclasses.replace(recipe, image_size=size), rank, world).to(device)
+        data = datas[recipe.image_size]
         set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
         heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
-        model = build_model(recipe, heads, imagenet=recipe.init == "imagenet" and checkpoint is None)
-        views = PretrainViews.from_objectives(recipe.image_size, recipe.objectives)
+        model = build_model(recipe, heads, init=recipe.init if checkpoint is None else "scratch")
+        views = {size: PretrainViews.from_objectives(size, recipe.objectives) for size in recipe.image_sizes}
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                       fused=device.type == "cuda")
-        scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+        scheduler = lr_schedule(optimizer, recipe)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         runner = torch.compile(model) if recipe.compile else model
         runner_checked = runner is model  # a compiled model may fail on its first call: then train eagerly
 
-        step = 0
+        step, segments, draws = 0, [], torch.zeros(len(recipe.sources), dtype=torch.long)
         if checkpoint:
             try:
                 accelerator.load_state(str(checkpoint))
             except Exception as e:
                 raise CheckpointError(f"checkpoint {checkpoint} does not load into this run ({type(e).__name__}: {e})") from e
-            step = saved["step"]
+            step, segments = saved["step"], list(saved.get("segments", []))
+            if len(saved.get("source_draws", [])) == len(recipe.sources):
+                draws = torch.tensor(saved["source_draws"], dtype=torch.long)
             if data.streams:
                 streams_file = checkpoint / STREAMS_FILE.format(rank=rank)
                 if not streams_file.is_file():
@@ -207,6 +315,8 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
                     data.load_state_dict(json.loads(streams_file.read_text()))
                 except Exception as e:  # a bad state file, a moved stream, a failed read: all stop the resume here
                     raise CheckpointError(f"checkpoint {checkpoint}: {streams_file.name}: {type(e).__name__}: {e}") from e
+        start = f"resumed from {checkpoint.name} at step {step}" if checkpoint else describe_init(recipe.init)
+        segment = Segment(start, step, recipe, accelerator, device)
 
         accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
         # The data order, per process, written at log and checkpoint steps. After a resume the batches past the
@@ -215,14 +325,17 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
         progress = tqdm(total=recipe.steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", unit="step")
         images_per_step = recipe.batch_size * world * recipe.grad_accum
         first_step, timed_from, started, losses = step, step, time.perf_counter(), {}
-        finished = started
+        finished, cpu_timed_from, cpu_finished = started, time.process_time(), time.process_time()
 
-        def inputs(batch: int) -> dict:
-            """This process's rows of global batch number `batch`, and their views."""
-            index = data.sample(recipe.seed, batch, recipe.batch_size * world)[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
+        def inputs(batch: int, size: int) -> dict:
+            """This process's rows of global batch number `batch`, and their views at `size`."""
+            data = datas[size]
+            index = data.sample(recipe.seed, batch, recipe.batch_size * world)
+            draws.add_(torch.bincount(data.source_of(index), minlength=len(recipe.sources)))
+            index = index[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
             rows = data.batch(index, device)
             pending.append((batch + 1, rows["ids"]))
-            made = views(rows["images"], step_generator(recipe.seed, batch, rank, device))
+            made = views[size](rows["images"], step_generator(recipe.seed, batch, rank, device))
             return made | {"label": rows["label"], "source": rows["source"]}
 
         def forward_backward(module, views_and_labels: dict) -> dict:
@@ -230,9 +343,14 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
             accelerator.backward(out["loss"] / recipe.grad_accum)
             return out
 
+        def state() -> dict:  # a collective (the segment sums every process's CPU time)
+            return {"step": step, "recipe": recipe.to_dict(), "segments": [*segments, segment.update(step, recipe, losses)],
+                    "source_draws": draws.tolist()}
+
         while step < recipe.steps:
+            size = recipe.size_at(step)
             for micro in range(recipe.grad_accum):
-                micro_batch = inputs(step * recipe.grad_accum + micro)
+                micro_batch = inputs(step * recipe.grad_accum + micro, size)
                 # Gradients are all-reduced on the last micro-batch only.
                 with contextlib.nullcontext() if micro == recipe.grad_accum - 1 else accelerator.no_sync(model):
                     try:
@@ -251,9 +369,9 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
             step += 1
             progress.update(1)
             if step == first_step + 1 and step < recipe.steps:  # leave the first step (compilation, warm-up) out of the rate
-                timed_from, started = step, _synchronized_time(device)
+                timed_from, started, cpu_timed_from = step, _synchronized_time(device), time.process_time()
             if step == recipe.steps:  # and the final checkpoint
-                finished = _synchronized_time(device)
+                finished, cpu_finished = _synchronized_time(device), time.process_time()
             logging = step % recipe.log_every == 0 or step == recipe.steps
             checkpointing = step % recipe.checkpoint_every == 0 or step == recipe.steps
             if logging or checkpointing:
@@ -263,44 +381,54 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
             if logging:
                 values = _values(losses)
                 rate = images_per_step * (step - timed_from) / max(time.perf_counter() - started, 1e-9)
-                progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+                progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}", px=size)
                 accelerator.log({f"loss/{k}": v for k, v in values.items()}
-                                | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate}, step=step)
+                                | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate, "image_size": size}, step=step)
             if checkpointing:
-                _save_checkpoint(accelerator, output_dir, {"step": step, "recipe": recipe.to_dict()}, recipe.keep_checkpoints,
-                                 data.state_dict())
+                _save_checkpoint(accelerator, output_dir, state(), recipe.keep_checkpoints, data.state_dict())
     finally:  # a streamed source's reader thread stops also when a step raises or the user presses Ctrl-C
-        data.close()
+        for held in datas.values():
+            held.close()
     progress.close()
     unwrapped = accelerator.unwrap_model(model)
     checksums = gather_object([_checksum(unwrapped)])
+    timed_cpu = sum(gather_object([cpu_finished - cpu_timed_from]))
+    final = state()
+    rows = data.counts.tolist()
     record = {
         "recipe": recipe.to_dict(),
         "steps": step,
         # source images drawn / images held (sources are sampled by weight); a streamed source's size is not known
-        "epochs": None if data.streams else images_per_step * step / len(data),
-        "data": [{"name": s.name, "dataset": s.dataset, "rows": None if s.streaming else int(n), "labelled": bool(c)}
+        "epochs": None if data.streams else int(draws.sum()) / len(data),
+        "data": [{"name": s.name, "dataset": s.dataset, "rows": None if s.streaming else int(n), "labelled": bool(c),
+                  "drawn": int(d), "epochs": None if s.streaming or not n else int(d) / n}
                  | ({"repo_id": s.repo_id, "streamed": s.streaming} if s.dataset == "hub" else {})
-                 for s, n, c in zip(recipe.sources, data.counts.tolist(), data.classes)],
+                 for s, n, c, d in zip(recipe.sources, rows, data.classes, draws.tolist())],
+        "segments": final["segments"],
         "wall_seconds": time.perf_counter() - run_started,  # this process's whole call: decoding, steps, checkpoints
+        "wall_seconds_total": sum(s["wall_seconds"] for s in final["segments"]),
+        "cpu_seconds_total": sum(s["cpu_seconds"] for s in final["segments"]),
         "hardware": _hardware(device),
         "processes": accelerator.num_processes,
+        "precision": accelerator.mixed_precision,
         "final_losses": _values(losses),
         # Source images per second over all processes, from the end of this run's first step (when more followed)
-        # to the end of its last, so neither compilation nor the final checkpoint counts.
+        # to the end of its last, so neither compilation nor the final checkpoint counts; and the CPU time (every
+        # process, every thread) one step took over the same steps.
         "images_per_second": images_per_step * (step - timed_from) / max(finished - started, 1e-9),
+        "cpu_seconds_per_step": timed_cpu / max(step - timed_from, 1),
         "rank_checksums": checksums,
         "ranks_identical": len(set(checksums)) == 1,
     }
     if accelerator.is_main_process:
-        final = output_dir / "final"
-        unwrapped.backbone.save_pretrained(final)
-        MedNetImageProcessor.from_model_config(unwrapped.backbone.config).save_pretrained(final)
-        record["export"] = str(final)
+        export = output_dir / "final"
+        unwrapped.backbone.save_pretrained(export)
+        MedNetImageProcessor.from_model_config(unwrapped.backbone.config).save_pretrained(export)
+        record["export"] = str(export)
         (output_dir / "results.json").write_text(json.dumps(record, indent=1))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also ends the process group
     return record
 
 
-__all__ = ["CheckpointError", "build_model", "pretrain"]
+__all__ = ["CheckpointError", "auto_precision", "build_model", "describe_init", "pretrain"]

@@ -34,8 +34,16 @@ class Source:
 class Recipe:
     variant: str = field(default="gray", metadata={"help": "gray (1 channel) or color (3 channels)"})
     backbone: str = field(default="resnet50", metadata={"help": "timm architecture, e.g. resnet18"})
-    image_size: int = field(default=224, metadata={"help": "training resolution in pixels"})
-    init: str = field(default="scratch", metadata={"help": "scratch, or imagenet: timm's ImageNet weights (needs the network once)"})
+    image_size: int = field(default=224, metadata={"help": "training resolution in pixels (the first, with image_size_schedule)"})
+    image_size_schedule: list = field(
+        default_factory=list,
+        metadata={"help": "progressive resizing: [[step, size], ...], each size from that step on, as JSON, e.g. '[[1800, 64]]'"},
+    )
+    init: str = field(
+        default="scratch",
+        metadata={"help": "scratch; imagenet: timm's ImageNet weights (needs the network once); or a MedNet checkpoint "
+                          "(folder or Hub id, e.g. mednet/gray) whose backbone weights start the run (a warm restart)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the data order, the views and the initialisation"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=64, metadata={"help": "images per step and process"})
@@ -43,7 +51,14 @@ class Recipe:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW, cosine schedule)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (GPUs)"})
+    cycle_steps: int = field(
+        default=0,
+        metadata={"help": "0: one cosine decay over all steps; N: a cosine decay over every N steps after the warm-up "
+                          "(warm restarts), so a run can be stopped at the end of any cycle with annealed weights and "
+                          "resumed with a larger --steps"},
+    )
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, see "
+                                                                    "`pretrain.auto_precision`), no, bf16 or fp16 (GPUs)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model step"})
     num_workers: int = field(default=0, metadata={"help": "processes that decode the sources into the uint8 cache (first run only)"})
@@ -63,17 +78,47 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def size_at(self, step: int) -> int:
+        """The training resolution of optimizer step `step` (counted from 0)."""
+        size = self.image_size
+        for start, scheduled in self.image_size_schedule:
+            if step >= start:
+                size = scheduled
+        return size
+
+    @property
+    def image_sizes(self) -> list[int]:
+        """Every resolution the run trains at, in order; the last is the one the release is exported for."""
+        return list(dict.fromkeys([self.image_size, *(size for _, size in self.image_size_schedule)]))
+
 
 def _fail(path, message: str):
     raise ValueError(f"recipe {path}: {message}")
+
+
+def _read(path, seen: tuple = ()) -> dict:
+    """A recipe file's keys; `extends: <file>` (relative to the file) takes another recipe's keys first, and this
+    file's top-level keys replace them (an `objectives:` or `sources:` block is replaced whole)."""
+    path = Path(path)
+    if not path.is_file():
+        _fail(path, "no such file" + (f" (named by extends: in {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        _fail(path, f"extends: makes a loop ({' -> '.join(str(p) for p in (*seen, path.resolve()))})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        _fail(path, f"not valid YAML ({e})")
+    if not isinstance(raw, dict):
+        _fail(path, f"a recipe is a mapping of keys, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    return {**_read(path.parent / base, (*seen, path.resolve())), **raw} if base else raw
 
 
 def load_recipe(path, **overrides) -> Recipe:
     """Read and check a recipe; `overrides` (e.g. steps=10 from the command line) replace top-level keys."""
     from mednet_hf.data import BUILDERS
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = _read(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(Recipe)}
     unknown = sorted(set(raw) - known)
@@ -111,10 +156,27 @@ def load_recipe(path, **overrides) -> Recipe:
             recipe.objectives[name] = {"weight": float(options)}
     if "supervised" in recipe.objectives and not any(s.labelled for s in recipe.sources):
         _fail(path, "the supervised objective needs at least one labelled source")
-    if recipe.init not in ("scratch", "imagenet"):
-        _fail(path, f"init must be 'scratch' or 'imagenet', got {recipe.init!r}")
-    if recipe.stream_chunk_rows < 1:
-        _fail(path, f"stream_chunk_rows must be at least 1, got {recipe.stream_chunk_rows}")
+    if not isinstance(recipe.init, str) or not recipe.init:
+        _fail(path, f"init must be scratch, imagenet or a MedNet checkpoint (folder or Hub id), got {recipe.init!r}")
+    if recipe.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        _fail(path, f"mixed_precision must be auto, no, bf16 or fp16, got {recipe.mixed_precision!r}")
+    schedule = recipe.image_size_schedule
+    if not all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) and v > 0 for v in e) for e in schedule) \
+            or [e[0] for e in schedule] != sorted({e[0] for e in schedule}):
+        _fail(path, f"image_size_schedule takes [[step, size], ...] with positive integers and increasing steps, got {schedule!r}")
+    recipe.image_size_schedule = [list(e) for e in schedule]
+    if schedule and any(s.streaming for s in recipe.sources):
+        _fail(path, "image_size_schedule cannot be used with streamed sources (they are decoded at one size)")
+    for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "stream_chunk_rows", "image_size"):
+        value = getattr(recipe, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(path, f"{key} must be a whole number of at least 1, got {value!r}")
+    for key in ("warmup_steps", "cycle_steps"):
+        value = getattr(recipe, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            _fail(path, f"{key} must be a whole number of at least 0, got {value!r}")
+    if not isinstance(recipe.lr, (int, float)) or not recipe.lr > 0:
+        _fail(path, f"lr must be a positive number, got {recipe.lr!r}")
     if recipe.variant not in ("gray", "color"):
         _fail(path, f"variant must be 'gray' or 'color', got {recipe.variant!r}")
     return recipe
