@@ -291,3 +291,36 @@ def test_progressive_sizes_warm_restart_and_segments_in_the_record(tmp_path, mon
     assert all(torch.equal(saved[k], v) for k, v in model.backbone.state_dict().items())
     with pytest.raises(ValueError, match=r"init: .*nowhere.*neither scratch, imagenet nor a MedNet checkpoint"):
         pretrain(recipe, tmp_path / "c", init=str(tmp_path / "nowhere"))
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_a_diverged_run_stops(tmp_path, monkeypatch):
+    from mednet_hf.training import objectives
+    from mednet_hf.training.pretrain import MAX_SKIPPED_IN_A_ROW, DivergedError
+
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
+    data_path("medmnist")
+    forward, calls = objectives.PretrainModel.forward, []
+
+    def poisoned(bad_calls):
+        def wrapped(self, views):
+            out = forward(self, views)
+            calls.append(1)
+            if len(calls) in bad_calls:  # as a bf16 overflow would: the loss and every gradient become NaN
+                out = out | {"loss": out["loss"] * float("nan")}
+            return out
+        return wrapped
+
+    monkeypatch.setattr(objectives.PretrainModel, "forward", poisoned({2}))
+    recipe = _recipe(tmp_path, {"supervised": {"weight": 1.0}}, steps=3, checkpoint_every=3, mixed_precision="no")
+    with pytest.warns(UserWarning, match="step 2: the gradients are not finite"):
+        record = pretrain(recipe, tmp_path / "a")
+    assert record["segments"][0]["skipped_steps"] == 1 and record["steps"] == 3
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "a" / "final" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())  # the NaN step never reached the weights
+
+    calls.clear()
+    monkeypatch.setattr(objectives.PretrainModel, "forward", poisoned(set(range(1, 100))))
+    with pytest.warns(UserWarning), pytest.raises(DivergedError, match=f"{MAX_SKIPPED_IN_A_ROW} steps in a row"):
+        pretrain(_recipe(tmp_path, {"supervised": {"weight": 1.0}}, steps=20, checkpoint_every=50), tmp_path / "b")

@@ -27,6 +27,7 @@ from pathlib import Path
 import timm
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from safetensors import safe_open
 from tqdm.auto import tqdm
@@ -41,11 +42,16 @@ from .objectives import PretrainModel
 from .recipe import Recipe, load_recipe
 
 STATE_FILE = "trainer_state.json"
+MAX_SKIPPED_IN_A_ROW = 10
 STREAMS_FILE = "streams-rank{rank}.json"  # per process: where its part of each streamed source is
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names it and what is wrong."""
+
+
+class DivergedError(ValueError):
+    """Gradients that stayed non-finite for `MAX_SKIPPED_IN_A_ROW` steps; the message says how to go on."""
 
 
 def _imagenet_init(backbone: MedNetModel, architecture: str) -> None:
@@ -244,6 +250,16 @@ class Segment:
 def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) -> dict:
     """Run a recipe. `resume`: `"latest"` (the newest checkpoint in `output_dir`) or a checkpoint folder.
     Returns (and writes to `output_dir/results.json`) the run record."""
+    try:
+        return _pretrain(recipe_path, output_dir, resume, **overrides)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # Accelerate keeps one state per process: a later run in this process (a notebook, a study) may then
+            # use another precision. Launched runs (torchrun) run once per process and keep theirs.
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     run_started = time.perf_counter()
     recipe = load_recipe(recipe_path, **overrides)
     output_dir = Path(output_dir)
@@ -298,6 +314,7 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
         runner_checked = runner is model  # a compiled model may fail on its first call: then train eagerly
 
         step, segments, draws = 0, [], torch.zeros(len(recipe.sources), dtype=torch.long)
+        skipped, unstable = 0, 0  # steps skipped for non-finite gradients: in this segment, and in a row
         if checkpoint:
             try:
                 accelerator.load_state(str(checkpoint))
@@ -344,8 +361,8 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
             return out
 
         def state() -> dict:  # a collective (the segment sums every process's CPU time)
-            return {"step": step, "recipe": recipe.to_dict(), "segments": [*segments, segment.update(step, recipe, losses)],
-                    "source_draws": draws.tolist()}
+            now = segment.update(step, recipe, losses) | {"skipped_steps": skipped}
+            return {"step": step, "recipe": recipe.to_dict(), "segments": [*segments, now], "source_draws": draws.tolist()}
 
         while step < recipe.steps:
             size = recipe.size_at(step)
@@ -363,7 +380,20 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
                         runner = model
                         losses = forward_backward(runner, micro_batch)
                     runner_checked = True
-            optimizer.step()
+            # One read-back per step: a step whose gradients are not finite (bf16 on a CPU made one in ~700
+            # steps) is skipped rather than written into the weights; the schedule goes on.
+            norm = accelerator.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm or float("inf"))
+            if torch.isfinite(norm):
+                optimizer.step()
+                unstable = 0
+            else:
+                skipped, unstable = skipped + 1, unstable + 1
+                warnings.warn(f"step {step + 1}: the gradients are not finite (norm {float(norm)}); step skipped")
+                if unstable >= MAX_SKIPPED_IN_A_ROW:
+                    raise DivergedError(
+                        f"{unstable} steps in a row up to step {step + 1} had non-finite gradients: the run diverged. "
+                        f"Resume from an earlier checkpoint in {output_dir / 'checkpoints'} with a lower --lr or "
+                        "--clip-grad-norm, or --mixed-precision no")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -431,4 +461,4 @@ def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) ->
     return record
 
 
-__all__ = ["CheckpointError", "auto_precision", "build_model", "describe_init", "pretrain"]
+__all__ = ["CheckpointError", "DivergedError", "auto_precision", "build_model", "describe_init", "pretrain"]

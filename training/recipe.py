@@ -57,6 +57,11 @@ class Recipe:
                           "(warm restarts), so a run can be stopped at the end of any cycle with annealed weights and "
                           "resumed with a larger --steps"},
     )
+    clip_grad_norm: float = field(
+        default=3.0,
+        metadata={"help": "clip the gradients' total norm to this (0: no clipping); a step whose gradients are not "
+                          "finite is skipped either way"},
+    )
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, see "
                                                                     "`pretrain.auto_precision`), no, bf16 or fp16 (GPUs)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
@@ -175,6 +180,8 @@ def load_recipe(path, **overrides) -> Recipe:
         value = getattr(recipe, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             _fail(path, f"{key} must be a whole number of at least 0, got {value!r}")
+    if not isinstance(recipe.clip_grad_norm, (int, float)) or recipe.clip_grad_norm < 0:
+        _fail(path, f"clip_grad_norm must be a number of at least 0, got {recipe.clip_grad_norm!r}")
     if not isinstance(recipe.lr, (int, float)) or not recipe.lr > 0:
         _fail(path, f"lr must be a positive number, got {recipe.lr!r}")
     if recipe.variant not in ("gray", "color"):
