@@ -21,19 +21,19 @@
   row gives the same `pixel_values` as its file. Columns: image, label or labels, source_file, slice_index,
   modality, pixel_spacing, voi, photometric_interpretation (+ `phi` with `include_phi=True`; patient identifiers
   are dropped otherwise).
-- `source_file` is the path relative to `data_dir`, except that a DICOM UID in a file or folder name (files named
-  after their SOPInstanceUID, folders after their StudyInstanceUID/SeriesInstanceUID, as PACS exports do) is
-  replaced by `uid-` and the first 16 hex digits of the UID's SHA-256: stable across builds, distinct per UID, and
-  not the UID. Class names taken from such folders are replaced the same way.
+- `source_file` is the path relative to `data_dir`, scrubbed by the rule `mednet predict` and the demo use
+  (`mednet_hf.phi.scrub_path`): a DICOM UID in a file or folder name (files named after their SOPInstanceUID,
+  folders after their StudyInstanceUID/SeriesInstanceUID, as PACS exports do) becomes `uid-` and the first 16 hex
+  digits of the UID's SHA-256 (stable across builds, distinct per UID, not the UID), and a path part holding the
+  file's PatientName or PatientID becomes `phi-<hash>`. Class names taken from folders have their UIDs replaced
+  the same way.
 - Unreadable files are reported with their count and paths: `on_error="fail"` (default) raises once all files
   were tried, `on_error="skip"` logs them and goes on.
 """
 
 import csv
-import hashlib
 import json
 import logging
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,27 +41,14 @@ from pathlib import Path
 import datasets
 from datasets.data_files import SPLIT_KEYWORDS
 
-from mednet_hf.medical_io import (
-    MedicalImage,
-    MedicalImageError,
-    group_volumes,
-    images_of,
-    read_dicom_header,
-    read_dicom_series,
-    reader_for,
-)
+from mednet_hf.medical_files import FileItem, files_under, group_files
+from mednet_hf.medical_image import MedicalImage, MedicalImageError
+from mednet_hf.medical_io import images_of, reader_for
+from mednet_hf.phi import public_name, scrub_path
 
 from ._common import DataFileError, MedicalBuilder
 
 logger = logging.getLogger(__name__)
-
-# A DICOM UID (PS3.5 9.1): numeric components without leading zeros, the first 0, 1 or 2; at least four of them.
-_UID = re.compile(r"(?<![0-9.])[0-2](?:\.(?:0|[1-9][0-9]*)){3,}(?![0-9])")
-
-
-def public_name(path: str) -> str:
-    """`path` with every DICOM UID in it replaced by `uid-<first 16 hex digits of its SHA-256>`."""
-    return _UID.sub(lambda m: "uid-" + hashlib.sha256(m.group().encode()).hexdigest()[:16], path)
 
 
 @dataclass
@@ -114,7 +101,7 @@ class MedicalImageFolder(MedicalBuilder):
         if not root.is_dir():
             raise DataFileError(f"{root}: no such folder")
         files, ignored = {}, []
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        for path in files_under(root):  # the one walk `mednet predict` uses too
             (files.__setitem__(path.relative_to(root).as_posix(), path) if reader_for(path) else ignored.append(path.name))
         if ignored:
             logger.info("%s: %d file(s) that are not images were ignored: %s", root, len(ignored), ignored[:20])
@@ -175,39 +162,14 @@ class MedicalImageFolder(MedicalBuilder):
         return [datasets.SplitGenerator(name=split, gen_kwargs={"root": root, "files": parts[split], "labels": labels})
                 for split in SPLIT_KEYWORDS if split in parts]
 
-    def _items(self, root: Path, files: dict[str, Path], errors: list):
-        """(reader name, relative path, paths) to read: files one by one, except DICOM files that are slices of one
-        volume (grouped per folder and SeriesInstanceUID, then checked by `is_one_volume`)."""
-        dicom, rel_of = [], {path: rel for rel, path in files.items()}
-        for rel, path in files.items():
-            reader = reader_for(path)
-            if reader.name != "dicom":
-                yield reader.name, rel, [path]
-                continue
-            try:
-                dicom.append((path, read_dicom_header(path)))
-            except MedicalImageError as e:
-                errors.append((rel, str(e)))
-        for paths in group_volumes(dicom):
-            if len(paths) > 1:  # a series: one volume, labelled and named by its folder
-                rel = rel_of[paths[0]]
-                yield "dicom_series", rel.rsplit("/", 1)[0] if "/" in rel else ".", paths
-            else:
-                yield "dicom", rel_of[paths[0]], paths
-
-    def _slices(self, kind: str, paths: list[Path]):
+    def _slices(self, item: FileItem):
         """(slice_index, MedicalImage) for one item, read through the reader table."""
-        axis, stride = self.config.slice_axis, self.config.slice_stride
-        if kind == "dicom_series":  # a list of files, not a folder: the folder may hold other series too
-            content = read_dicom_series(paths, include_phi=self.config.include_phi)
-        else:
-            content = reader_for(paths[0]).read(paths[0], include_phi=self.config.include_phi)
-        yield from images_of(content, axis, stride)
+        yield from images_of(item.read(include_phi=self.config.include_phi), self.config.slice_axis, self.config.slice_stride)
 
-    def _row(self, rel: str, index, image: MedicalImage, label):
+    def _row(self, shown: str, index, image: MedicalImage, label):
         row = {
             "image": image.pixels,
-            "source_file": public_name(rel),
+            "source_file": shown,
             "slice_index": index,
             "modality": image.modality,
             "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
@@ -222,14 +184,18 @@ class MedicalImageFolder(MedicalBuilder):
 
     def _generate_examples(self, root: Path, files: dict[str, Path], labels):
         errors, key = [], 0
-        for kind, rel, paths in self._items(root, files, errors):
-            label = None if labels is None else labels.get(rel, labels.get(f"{rel}/", None))
+        for item in group_files(list(files.values())):  # DICOM slices of one volume become one series item
+            rel = item.path.relative_to(root).as_posix()  # a series: its folder ("." at the top)
+            label = None if labels is None else labels.get(rel)
             if labels is not None and label is None:  # a series: its label is its folder's
                 label = next(v for k, v in labels.items() if k.startswith(f"{rel}/"))
+            # The path relative to data_dir, with what identifies a patient scrubbed as `mednet predict` does it:
+            # DICOM UIDs, and path parts holding the file's PatientName or PatientID.
+            shown = scrub_path(rel, item.phi)
             try:
-                rows = [self._row(rel, index, content, label) for index, content in self._slices(kind, paths)]
+                rows = [self._row(shown, index, content, label) for index, content in self._slices(item)]
             except (MedicalImageError, OSError) as e:
-                errors.append((rel, str(e)))
+                errors.append((shown, scrub_path(str(e), item.phi)))
                 continue
             for row in rows:
                 yield key, row

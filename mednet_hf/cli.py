@@ -136,6 +136,7 @@ def _add_training_commands(commands) -> None:
     b.add_argument("--init", dest="inits", action="append", choices=["mednet", "scratch", "imagenet"], help="initialisations (repeatable)")
     b.add_argument("--label-fraction", dest="label_fractions", type=float, action="append", help="label fractions (repeatable)")
     b.add_argument("--seed", dest="seeds", type=int, action="append", help="seeds (repeatable)")
+    b.add_argument("--image-size", type=int, help="fine-tune and probe at this size (default: each model's own)")
 
 
 def _add_hub_commands(commands) -> None:
@@ -209,7 +210,7 @@ def _run_benchmark(args) -> None:
     from .training.benchmark import benchmark
 
     results = benchmark(args.study, args.output_dir, quick=args.quick, tasks=args.tasks, model=args.model, inits=args.inits,
-                        label_fractions=args.label_fractions, seeds=args.seeds)
+                        label_fractions=args.label_fractions, seeds=args.seeds, image_size=args.image_size)
     print((Path(args.output_dir) / "results.md").read_text())
     print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s; results: {Path(args.output_dir) / 'results.json'}")
 

@@ -127,6 +127,13 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
     def image_size(self) -> int:
         return int(self.pretrained_cfg["input_size"][-1])
 
+    @image_size.setter
+    def image_size(self, size: int) -> None:
+        """Fine-tuning at another size (`from_pretrained(..., image_size=64)`): the model and its processor follow."""
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"MedNetConfig: image_size must be a positive whole number, got {size!r}")
+        self.pretrained_cfg["input_size"] = [self.num_channels, size, size]
+
     @property
     def image_mean(self) -> list[float]:
         return list(self.pretrained_cfg["mean"])
@@ -163,10 +170,16 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
                 self.pretrained_cfg.setdefault(key, timm_cfg[key])
         self.set_output_features_output_indices(out_features=self._out_features, out_indices=self._out_indices)
 
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the checkpoint holds a trained classification head (it was saved by
+        `MedNetForImageClassification`, e.g. by `mednet finetune`)."""
+        return any(name.endswith("ForImageClassification") for name in (self.architectures or []))
+
     def to_dict(self) -> dict:
         output = super().to_dict()
         # What timm needs to rebuild the network with the saved head: MedNetModel/MedNetBackbone weights have none.
-        has_head = any(name.endswith("ForImageClassification") for name in (self.architectures or []))
+        has_head = self.has_classifier
         output["num_classes"] = self.num_labels if has_head else 0
         output["pretrained_cfg"] = {**self.pretrained_cfg, "num_classes": output["num_classes"]}
         if has_head:

@@ -11,11 +11,9 @@ import torch
 from datasets import ClassLabel, DatasetDict, Features, Sequence
 from datasets.exceptions import DatasetGenerationError
 
-from .builders import DRIVE, ChestXray14, MedicalImageFolder, MedMNIST
-
-from .medical_io import MedicalImage, from_pil
-
-BUILDERS = {"medmnist": MedMNIST, "imagefolder": MedicalImageFolder, "drive": DRIVE, "chestxray14": ChestXray14}
+from .builders import BUILDERS
+from .medical_image import MedicalImage
+from .pil_image import from_pil
 
 
 def _builder(name: str, config: str | None, size: int | None, data_dir, cache_dir, **config_kwargs):
@@ -68,6 +66,16 @@ def load_medical_dataset(
             raise e.__cause__ from None
         raise
     return builder.as_dataset()
+
+
+def load_dataset_spec(spec: str, data_dir=None, *, size: int | None = None, no_checks: bool = False,
+                      options: dict | None = None) -> DatasetDict:
+    """A dataset as the commands name it (`mednet finetune --dataset`, `mednet evaluate`, a study's task):
+    `<builder>` or `<builder>:<config>`, e.g. `medmnist:pneumoniamnist` or `imagefolder`; `no_checks` accepts files
+    whose md5 differs from the official one; `options` are builder options (`filename`, `on_error`, ...)."""
+    name, _, config = str(spec).partition(":")
+    return load_medical_dataset(name, config or None, data_dir, size=size,
+                                verification_mode="no_checks" if no_checks else None, **(options or {}))
 
 
 def class_names(features: Features, dataset: str) -> tuple[list[str], bool]:
@@ -127,4 +135,4 @@ def medical_transform(processor, features: Features, image_column: str = "image"
     return transform
 
 
-__all__ = ["BUILDERS", "class_names", "load_medical_dataset", "medical_transform", "row_to_medical_image"]
+__all__ = ["BUILDERS", "class_names", "load_dataset_spec", "load_medical_dataset", "medical_transform", "row_to_medical_image"]

@@ -23,8 +23,12 @@ import numpy as np
 import torch
 
 from .intensity import WINDOW_PRESETS
-from .medical_io import MedicalImage, MedicalVolume, read_path
-from .predict import READ_ERRORS, file_phi_values, load, probabilities, scrub_path
+from .loading import load_for_use
+from .medical_files import file_phi_values
+from .medical_image import MedicalImage, MedicalVolume
+from .medical_io import read_path
+from .phi import scrub_path
+from .predict import READ_ERRORS, probabilities
 
 AUTO_WINDOW = "auto (file / header)"
 MIN_CAM_SIZE = 4
@@ -55,7 +59,7 @@ class Explainer:
             import pytorch_grad_cam  # noqa: F401
         except ImportError as e:
             raise _needs_demo_extra(e) from e
-        self.classifier, self.processor, self.device = load(model, device)
+        self.classifier, self.processor, self.device = load_for_use(model, "classifier", device)
         config = self.classifier.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.top_k = min(top_k, len(self.labels))

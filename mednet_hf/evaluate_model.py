@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import class_names, load_medical_dataset, medical_transform
-from .metrics import classification_metrics, per_class_scalars
-from .predict import probabilities
+from .data import class_names, load_dataset_spec, medical_transform
+from .loading import load_for_use
+from .metrics import classification_metrics, per_class_scalars, probabilities
 
 PER_CLASS_SUFFIX = "_per_class"
+CALIBRATION_BINS = 15  # the `calibration_error` metric's default: the plot and the reported error bin alike
 
 
 def _per_class(metrics: dict, names: list[str]) -> dict:
@@ -31,9 +32,27 @@ def _per_class(metrics: dict, names: list[str]) -> dict:
     return table
 
 
-def calibration_plot(scores: np.ndarray, labels: np.ndarray, multi_label: bool, path, bins: int = 10) -> dict:
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """scikit-learn's reliability bins (`calibration_curve`, equal width, right-closed `(k/n, (k+1)/n]` as the
+    `calibration_error` metric bins them): mean confidence, observed frequency and count per bin, `None` for empty
+    bins."""
+    from sklearn.calibration import calibration_curve
+
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.searchsorted(edges[1:-1], confidence)  # the bin calibration_curve puts each score in
+    counts = np.bincount(which, minlength=bins)
+    observed, mean_confidence = calibration_curve(correct, confidence, n_bins=bins, strategy="uniform")
+    filled = np.flatnonzero(counts)
+    drawn = {"bin_confidence": [None] * bins, "bin_accuracy": [None] * bins, "bin_count": counts.tolist()}
+    for b, seen, conf in zip(filled, observed, mean_confidence):
+        drawn["bin_confidence"][b], drawn["bin_accuracy"][b] = float(conf), float(seen)
+    return drawn
+
+
+def calibration_plot(scores: np.ndarray, labels: np.ndarray, multi_label: bool, path, bins: int = CALIBRATION_BINS) -> dict:
     """Reliability diagram: confidence of the predicted class (every class's score, for multi-label) against how
-    often it is right, in `bins` equal-width bins. Saves a PNG and returns the bins drawn."""
+    often it is right, in the `calibration_error` metric's bins (`calibration_bins`). Saves a PNG and returns the
+    bins drawn."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -43,14 +62,8 @@ def calibration_plot(scores: np.ndarray, labels: np.ndarray, multi_label: bool, 
         confidence, correct = scores.ravel(), np.asarray(labels).ravel().astype(float)
     else:
         confidence, correct = scores.max(axis=1), (scores.argmax(axis=1) == np.asarray(labels)).astype(float)
+    drawn = calibration_bins(confidence, correct, bins)
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    drawn = {"bin_confidence": [], "bin_accuracy": [], "bin_count": []}
-    for b in range(bins):
-        inside = which == b
-        drawn["bin_count"].append(int(inside.sum()))
-        drawn["bin_confidence"].append(float(confidence[inside].mean()) if inside.any() else None)
-        drawn["bin_accuracy"].append(float(correct[inside].mean()) if inside.any() else None)
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
     filled = [b for b in range(bins) if drawn["bin_count"][b]]
@@ -79,19 +92,16 @@ def evaluate_model(
 ) -> dict:
     """Evaluate the classifier saved in `model` on `split` of `dataset` (as `mednet finetune` names it:
     `medmnist:<subset>`, `imagefolder`, ...). Writes `output_dir/results.json` and `output_dir/calibration.png`."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    name, _, config = dataset.partition(":")
-    splits = load_medical_dataset(name, config or None, data_dir, size=size,
-                                  verification_mode="no_checks" if no_checks else None, **(options or {}))
+    splits = load_dataset_spec(dataset, data_dir, size=size, no_checks=no_checks, options=options)
     if split not in splits:
         raise ValueError(f"{dataset}: no {split!r} split; it has {sorted(splits)}")
     names, multi_label = class_names(splits[split].features, dataset)
-    classifier = AutoModelForImageClassification.from_pretrained(model)
+    classifier, processor, _ = load_for_use(model, "classifier", device="cpu")  # the Trainer places it
     theirs = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     if theirs != names:
         raise ValueError(f"{model}: its classifier predicts {theirs}, but {dataset} has the classes {names}")
-    processor = AutoImageProcessor.from_pretrained(model)
     transform = medical_transform(processor, splits[split].features)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +119,7 @@ def evaluate_model(
         trainer = Trainer(model=classifier, args=args, compute_metrics=compute_metrics, processing_class=processor)
         prefix = "eval" if split == "validation" else split  # finetune's names: eval_* for validation, test_* for test
         metrics = trainer.evaluate(splits[split].with_transform(transform), metric_key_prefix=prefix)
-    scores = probabilities(torch.as_tensor(np.asarray(kept["logits"])), classifier.config).numpy()
+    scores = probabilities(kept["logits"], multi_label)
     calibration = calibration_plot(scores, kept["labels"], multi_label, output_dir / "calibration.png")
     record = {
         "model": str(model), "dataset": dataset, "split": split, "rows": splits[split].num_rows, "labels": names,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .loading import load_for_use
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,14 +41,9 @@ def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ValueError(f"ONNX export needs the onnx extra: pip install 'mednet-hf[onnx]' ({e})") from None
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-
-    config = AutoConfig.from_pretrained(model)
-    if getattr(config, "model_type", None) != "mednet":
-        raise ValueError(f"{model}: not a MedNet checkpoint (model_type {getattr(config, 'model_type', None)!r})")
-    is_classifier = any(a.endswith("ForImageClassification") for a in (config.architectures or []))
-    loaded = (AutoModelForImageClassification if is_classifier else AutoModel).from_pretrained(model).float().eval()
-    wrapped = _Outputs(loaded).eval()
+    loaded, processor, _ = load_for_use(model, "auto", device="cpu")
+    config = loaded.config
+    wrapped = _Outputs(loaded.float()).eval()
     channels, height, width = config.pretrained_cfg["input_size"]
     # Batch 2 as the example: torch.export specialises dimensions of size 0 and 1.
     example = torch.zeros(2, channels, height, width)
@@ -68,7 +65,7 @@ def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
                           dynamic_axes={"pixel_values": {0: "batch"}, wrapped.name: {0: "batch"}}, **names)
         exporter = "torchscript"
     config.save_pretrained(output_dir)  # the processor's geometry lives in config.json (pretrained_cfg)
-    AutoImageProcessor.from_pretrained(model).save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
     return {"path": str(path), "output": wrapped.name, "exporter": exporter}
 
 

@@ -6,14 +6,13 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
-import PIL.ImageOps
 from datasets import ClassLabel, DatasetDict, Image, Sequence
 from datasets.features.image import encode_np_array
 from huggingface_hub import DatasetCard, hf_hub_download
 
 from .bundled import REMOTE_CODE
+from .pil_image import pil_pixels
 
 logger = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
@@ -43,17 +42,15 @@ TRAINER_FILES = ("training_args.bin",)
 def pixels_only(value: dict | None) -> dict | None:
     """One undecoded image cell (`{"bytes", "path"}`) → the same pixels with no file metadata and no file name.
 
-    The image is decoded, turned upright by its EXIF orientation as `datasets` does when decoding, and re-encoded
-    losslessly as `datasets` encodes arrays (PNG, or TIFF for 16-bit and float). So no PNG text chunk, EXIF block,
-    TIFF tag or embedded file name leaves with a pushed image."""
+    The image is decoded to the pixels the readers make of it (`pil_image.pil_pixels`: upright by its EXIF
+    orientation, palette and other modes as RGB, alpha dropped) and re-encoded losslessly as `datasets` encodes
+    arrays (PNG, or TIFF for 16-bit and float). So no PNG text chunk, EXIF block, TIFF tag or embedded file name
+    leaves with a pushed image, and a pushed row reads as its file does."""
     if value is None or (value.get("bytes") is None and not value.get("path")):
         return value
     data = value["bytes"] if value.get("bytes") is not None else Path(value["path"]).read_bytes()
-    with PIL.Image.open(io.BytesIO(data)) as opened:
-        image = PIL.ImageOps.exif_transpose(opened)
-        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):  # not plain pixel arrays
-            image = image.convert("RGBA" if "A" in image.mode or "a" in image.mode or "transparency" in image.info else "RGB")
-        return {"bytes": encode_np_array(np.asarray(image))["bytes"], "path": None}
+    with PIL.Image.open(io.BytesIO(data)) as opened:  # the readers' own rule for modes, orientation and alpha
+        return {"bytes": encode_np_array(pil_pixels(opened, value.get("path") or "<pushed image>"))["bytes"], "path": None}
 
 
 def _strip_image_metadata(dataset: DatasetDict) -> DatasetDict:

@@ -34,7 +34,8 @@ from transformers.utils import CONFIG_NAME, cached_file
 from .pil_plugin import MedicalImageFile  # noqa: F401
 from .configuration_mednet import VARIANTS, MedNetConfig
 from .intensity import INTENSITY_MODES, resolve_window, to_unit_range
-from .medical_io import MedicalImageError, to_medical_image
+from .medical_image import MedicalImageError
+from .medical_io import to_medical_image
 
 
 class MedNetImageProcessorKwargs(ImagesKwargs, total=False):

@@ -31,7 +31,7 @@ import logging
 
 import numpy as np
 
-from .medical_io import MedicalImage, MedicalImageError
+from .medical_image import MedicalImage, MedicalImageError
 
 # Far outside any window: pydicom sends such values to the bottom and top of the VOI output range.
 _RANGE_PROBE = np.array([-1e300, 1e300])
@@ -109,7 +109,9 @@ def _unit_range(image: MedicalImage, intensity: str, window, percentiles) -> np.
                 logger.warning("window preset %r is in Hounsfield units but %s is %s", window, source, image.modality)
             return apply_window(values, *explicit)
         if image.voi is not None:
-            return apply_header_voi(pixels, image.voi, source)
+            # Integers as int32: a dataset row may hold the file's int16 values as uint16 (the smallest dtype that
+            # stores them), and pydicom's LUT subtracts a negative first mapped value in the array's own dtype.
+            return apply_header_voi(pixels.astype(np.int32) if pixels.dtype.kind in "iu" else pixels, image.voi, source)
         if intensity == "window":
             raise MedicalImageError(f"{source}: intensity='window' but no window was given and the header has none")
         if pixels.dtype == np.uint8:

@@ -19,7 +19,10 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from .intensity import to_unit_range
-from .medical_io import PIL_INFO_KEY, MedicalImage, MedicalImageError, MedicalVolume, read_dicom, reader_for, to_medical_image
+from .dicom import read_dicom
+from .medical_image import MedicalImage, MedicalImageError, MedicalVolume
+from .medical_io import reader_for, to_medical_image
+from .pil_image import PIL_INFO_KEY
 
 FORMATS = ("dicom", "nifti")
 

@@ -152,3 +152,40 @@ def fake_series_pair(folder: Path) -> list[Path]:
     series = {str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in (first, second)}
     assert len(series) == 1
     return [Path(first), Path(second)]
+
+
+def signed_voi_lut(target: Path, source: str = "dicom/MR_small.dcm") -> Path:
+    """A real MR with a VOI LUT Sequence whose first mapped value is negative (LUT Descriptor [8192, -2048, 12], VR SS
+    as DICOM allows for signed pixels), saved Explicit VR: a valid file that the stored descriptor must survive."""
+    ds = pydicom.dcmread(data_path(source))
+    entries, first, bits = 8192, -2048, 12
+    table = np.round(np.linspace(0, 1, entries) ** 0.7 * (2**bits - 1)).astype(np.uint16)
+    item = Dataset()
+    item.add_new(0x00283002, "SS", [entries, first, bits])  # LUT Descriptor
+    item.add_new(0x00283006, "US", table.tolist())  # LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target)
+    return target
+
+
+def palette_without_palette(target: Path, source: str = "dicom/MR_small.dcm") -> Path:
+    """A real MR whose header says PALETTE COLOR but carries no palette tables."""
+    return dicom_with(source, target, PhotometricInterpretation="PALETTE COLOR")
+
+
+def number_of_frames_not_a_number(target: Path, source: str = "dicom/CT_small.dcm") -> Path:
+    """A real CT whose NumberOfFrames (VR IS) holds '1A'."""
+    ds = pydicom.dcmread(data_path(source))
+    ds.add_new(0x00280008, "IS", "1")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target)
+    data = bytearray(target.read_bytes())
+    at = data.index(b"\x28\x00\x08\x00IS")  # the element as written (explicit VR little endian): tag, VR, length, value
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    data[at + 8 : at + 8 + length] = b"1A".ljust(length)[:length]
+    target.write_bytes(bytes(data))
+    return target

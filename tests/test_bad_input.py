@@ -200,6 +200,13 @@ TABLE = {
     "bits_allocated_8_on_16_bit": lambda tmp: (str(rv.dicom_with("dicom/CT_small.dcm", tmp / "bits8.dcm", BitsAllocated=8, BitsStored=8, HighBit=7)), {},
                                                _refused(r"PixelData holds 32768 bytes but the header describes 16384 .*BitsAllocated")),
     "url": lambda tmp: ("https://example.com/scans/chest.png", {}, _refused(r"URLs are not fetched")),
+    # 11. issue 26: a signed VOI LUT (a dataset row holds its int16 pixels as uint16), a palette image without its
+    # palette, and a header number that is not a number: read, or refused naming the file, on every route
+    "signed_voi_lut": lambda tmp: (lambda made: (str(made), {}, _equal(pydicom_unit(made)[None])))(rv.signed_voi_lut(tmp / "signed_lut.dcm")),
+    "palette_without_palette": lambda tmp: (str(rv.palette_without_palette(tmp / "no_palette.dcm")), {},
+                                            _refused(r"cannot be read \(ValueError: No suitable Palette Color Lookup Table")),
+    "number_of_frames_1A": lambda tmp: (str(rv.number_of_frames_not_a_number(tmp / "frames_1A.dcm")), {},
+                                       _refused(r"cannot be read \(ValueError: invalid literal for int\(\) with base 10: '1A'\)")),
 }
 
 

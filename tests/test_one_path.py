@@ -14,7 +14,7 @@ from test_real_data import OUTCOMES
 from transformers import pipeline
 
 from mednet_hf import MedNetForImageClassification, MedNetImageProcessor, read_path
-from mednet_hf.builders.medical_imagefolder import public_name
+from mednet_hf.phi import public_name
 from mednet_hf.data import load_medical_dataset, medical_transform
 from mednet_hf.pil_plugin import to_pil
 

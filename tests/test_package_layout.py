@@ -17,7 +17,14 @@ from conftest import REPO_ROOT
 RANKS = {
     "mednet_hf": 0,  # the root: lazy names only (PEP 562), nothing imported eagerly
     "mednet_hf.bundled": 0,
+    "mednet_hf.medical_image": 1,  # the readers: types, privacy rules, one module per format, the table, the walk
+    "mednet_hf.phi": 1,
+    "mednet_hf.dicom": 1,
+    "mednet_hf.dicom_series": 1,
+    "mednet_hf.nifti": 1,
+    "mednet_hf.pil_image": 1,
     "mednet_hf.medical_io": 1,
+    "mednet_hf.medical_files": 1,
     "mednet_hf.builders": 2,
     "mednet_hf.intensity": 2,
     "mednet_hf.pil_plugin": 3,
@@ -26,6 +33,7 @@ RANKS = {
     "mednet_hf.image_processing_mednet": 4,
     "mednet_hf.modeling_mednet": 5,
     "mednet_hf.metrics": 6,
+    "mednet_hf.loading": 6,  # where a saved model lives and how it loads for use
     "mednet_hf.training": 7,
     "mednet_hf.model_card": 8,
     "mednet_hf.hub": 8,

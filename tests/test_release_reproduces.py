@@ -8,7 +8,7 @@ import shlex
 import pytest
 from conftest import REPO_ROOT, data_path, run_cli
 
-from mednet_hf.training.benchmark import weights_sha256
+from mednet_hf.loading import weights_sha256
 
 RECORDS = REPO_ROOT / "model_cards" / "records"
 

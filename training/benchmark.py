@@ -25,8 +25,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from mednet_hf.data import load_medical_dataset, medical_transform
-from mednet_hf.loading import weights_sha256
+from mednet_hf.data import load_dataset_spec, medical_transform
+from mednet_hf.loading import load_for_use, weights_sha256
 from mednet_hf.metrics import classification_metrics
 
 from .finetune import FinetuneArguments, finetune
@@ -224,13 +224,10 @@ def frozen_features(study: Study, task: Task, model_id: str) -> dict:
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from transformers import AutoImageProcessor, AutoModel
 
-    name, _, config = task.dataset.partition(":")
-    splits = load_medical_dataset(name, config or None, resolve_data_dir(task.data_dir),
-                                  verification_mode="no_checks" if task.no_checks else None, **task.options)
-    model, processor = AutoModel.from_pretrained(model_id).eval(), AutoImageProcessor.from_pretrained(model_id)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    splits = load_dataset_spec(task.dataset, resolve_data_dir(task.data_dir), no_checks=task.no_checks, options=task.options)
+    # the backbone alone, at the size fine-tuning runs at where the study sets one
+    model, processor, _ = load_for_use(model_id, "features", image_size=study.finetune.get("image_size"))
     train_x, train_y = _features(model, processor, splits["train"])
     test_x, test_y = _features(model, processor, splits["test"])
     out = {}
@@ -412,12 +409,16 @@ def study_file(name) -> Path:
     return packaged if str(name) in ("gray", "color") else Path(name)
 
 
-def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = None, **overrides) -> dict:
-    """Run a study (`gray`, `color` or a study file); `tasks` keeps only the named tasks; `overrides` replace study
-    keys (`model`, `seeds`, `inits`, `label_fractions`, ...). Writes and returns the results."""
+def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = None, image_size: int | None = None,
+              **overrides) -> dict:
+    """Run a study (`gray`, `color` or a study file); `tasks` keeps only the named tasks; `image_size` fine-tunes
+    and probes every model at that size; `overrides` replace study keys (`model`, `seeds`, `inits`,
+    `label_fractions`, ...). Writes and returns the results."""
     started = time.perf_counter()
     study_path = study_file(study)
     study = load_study(study_path, quick=quick, **overrides)
+    if image_size:
+        study.finetune["image_size"] = image_size
     if tasks:
         missing = sorted(set(tasks) - {t.name for t in study.tasks})
         if missing:

@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForImageClassification,
     EarlyStoppingCallback,
     Trainer,
@@ -29,7 +28,8 @@ from transformers import (
     set_seed,
 )
 
-from mednet_hf.data import class_names, load_medical_dataset, medical_transform
+from mednet_hf.data import class_names, load_dataset_spec, medical_transform
+from mednet_hf.loading import load_processor
 from mednet_hf.metrics import classification_metrics, per_class_scalars
 
 from .augment import finetune_view, step_generator
@@ -120,9 +120,8 @@ class _Trainer(Trainer):
 def _check_head(model: str, names: list[str], new_head: bool) -> None:
     """A checkpoint trained for other classes is refused unless the user asks for a new head."""
     config = AutoConfig.from_pretrained(model)
-    trained_head = any(a.endswith("ForImageClassification") for a in (config.architectures or []))
     their_names = [config.id2label[i] for i in sorted(config.id2label)]
-    if trained_head and not new_head and their_names != names:
+    if config.has_classifier and not new_head and their_names != names:
         raise ValueError(
             f"{model} has a classification head for {config.num_labels} labels {their_names}, the dataset has "
             f"{len(names)} {names}. Pass --new-head to train a new classifier on this backbone."
@@ -148,7 +147,12 @@ class FinetuneArguments:
     dataset: str = field(metadata={"help": "medmnist:<subset>, imagefolder, chestxray14"})
     data_dir: str | None = field(default=None, metadata={"help": "local files (image folder, MedMNIST .npz, ...)"})
     output_dir: str = field(default="runs/finetune", metadata={"help": "where checkpoints, results.json and best/ go"})
-    size: int | None = field(default=None, metadata={"help": "MedMNIST image size"})
+    size: int | None = field(default=None, metadata={"help": "MedMNIST image size (of the files: 28, 64, 128 or 224)"})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "the size the model sees (default: the checkpoint's, its pretraining size); the saved model "
+                          "and processor keep it"},
+    )
     label_fraction: float = field(default=1.0, metadata={"help": "stratified, seeded fraction of the training labels"})
     linear_probe: bool = field(default=False, metadata={"help": "freeze the backbone, train the classifier only"})
     new_head: bool = field(default=False, metadata={"help": "replace a checkpoint's classifier trained for other labels"})
@@ -174,9 +178,7 @@ def finetune(*args, **kwargs) -> dict:
     run = args[0] if len(args) == 1 and isinstance(args[0], FinetuneArguments) and not kwargs else FinetuneArguments(*args, **kwargs)
     model, dataset, output_dir = run.model, run.dataset, run.output_dir
     started = time.perf_counter()
-    name, _, config = dataset.partition(":")
-    splits = load_medical_dataset(name, config or None, run.data_dir, size=run.size,
-                                  verification_mode="no_checks" if run.no_checks else None, **run.options)
+    splits = load_dataset_spec(dataset, run.data_dir, size=run.size, no_checks=run.no_checks, options=run.options)
     names, multi_label = class_names(splits["train"].features, dataset)
     _check_classes(splits["train"], names, multi_label, dataset, run.data_dir)  # before any training
     _check_head(model, names, run.new_head)
@@ -186,15 +188,17 @@ def finetune(*args, **kwargs) -> dict:
         train, splits["validation"] = held["train"], held["test"]
     train = _subsample(train, run.label_fraction, multi_label, run.seed)
 
-    processor = AutoImageProcessor.from_pretrained(model)
     # The new head is initialised inside from_pretrained, before the Trainer seeds anything: seed it here, so a
     # run's recorded command gives the same model in a fresh process as inside a study that ran others first.
     set_seed(run.seed)
     classifier = AutoModelForImageClassification.from_pretrained(
         model, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        ignore_mismatched_sizes=True,
+        ignore_mismatched_sizes=True, **({"image_size": run.image_size} if run.image_size else {}),
     )
+    # The geometry follows the model's config (its one home), so another image_size reaches the processor and the
+    # saved best/ alike; the medical options (intensity, window, slices) are the checkpoint's.
+    processor = load_processor(model, classifier.config)
     if run.linear_probe:
         classifier.freeze_backbone()
     transform = medical_transform(processor, train.features)

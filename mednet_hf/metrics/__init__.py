@@ -26,21 +26,24 @@ def load_metric(name: str, config_name: str | None = None):
     return evaluate.load(metric_path(name), config_name)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def probabilities(logits, multi_label: bool = False) -> np.ndarray:
+    """Logits `(N, C)` → probabilities, the one rule (what `pipeline("image-classification")` reports): a sigmoid per
+    class for multi-label models and single-logit ones, a softmax over the classes otherwise. In float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label or logits.shape[-1] == 1:
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: bool = False) -> dict:
     """All the metrics that fit the task, from raw logits `(N, C)` and labels (indices, or 0/1 rows)."""
-    logits = np.asarray(logits, dtype=np.float64)
+    scores = probabilities(logits, multi_label)
     if multi_label:
-        scores = 1.0 / (1.0 + np.exp(-logits))
         labels = np.asarray(labels).astype(np.int64)
         out = load_metric("auroc", "multilabel").compute(prediction_scores=scores, references=labels)
         out.update(load_metric("f1", "multilabel").compute(predictions=(scores > 0.5).astype(np.int64), references=labels))
         return out
-    scores = _softmax(logits)
     predictions = scores.argmax(axis=1)
     classes = list(range(scores.shape[1]))
     out = {}
@@ -65,4 +68,4 @@ def per_class_scalars(metrics: dict, names: list[str]) -> dict:
     return out
 
 
-__all__ = ["METRICS_DIR", "NAMES", "classification_metrics", "load_metric", "metric_path", "per_class_scalars"]
+__all__ = ["METRICS_DIR", "NAMES", "classification_metrics", "load_metric", "metric_path", "per_class_scalars", "probabilities"]
