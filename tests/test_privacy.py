@@ -78,6 +78,8 @@ def test_pushed_image_folder_holds_no_header_or_metadata(hub, tmp_path):
     shutil.copy(data_path(rv.CR_DICOM), uid_named)
     rv.png_with_text(folder / "cxr" / "notes.png")
     rv.jpeg_with_exif(folder / "mr" / "exif.jpg")
+    # A folder named after the patient, as exports by patient do: the path part becomes phi-<hash>, as in predict
+    patient_folder = rv.renamed_dicom(folder / "mr" / "CompressedSamples^MR1" / "scan.dcm")
     secrets = _identifying_values(renamed) | _identifying_values(uid_named) | set(rv.SECRET_TEXT.values())
     uid = str(pydicom.dcmread(uid_named, stop_before_pixels=True).SOPInstanceUID)
     assert uid in secrets and "CompressedSamples^MR1" in secrets
@@ -92,7 +94,8 @@ def test_pushed_image_folder_holds_no_header_or_metadata(hub, tmp_path):
 
     table = pq.read_table(io.BytesIO(files[parquet[0]])).to_pydict()
     expected = f"cxr/uid-{hashlib.sha256(uid.encode()).hexdigest()[:16]}.dcm"
-    assert sorted(table["source_file"]) == sorted(["mr/export_0001.png", expected, "cxr/notes.png", "mr/exif.jpg"])
+    patient = f"mr/phi-{hashlib.sha256(patient_folder.parent.name.encode()).hexdigest()[:16]}/scan.dcm"
+    assert sorted(table["source_file"]) == sorted(["mr/export_0001.png", expected, "cxr/notes.png", "mr/exif.jpg", patient])
     # Pixels only: every stored image is a PNG of pixel chunks or a baseline TIFF (no DICOM bytes, no text chunk, no
     # EXIF), without a name, and holds the pixels the local build holds.
     local = load_medical_dataset("imagefolder", data_dir=folder, cache_dir=tmp_path / "cache")["train"]
