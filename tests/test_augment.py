@@ -144,3 +144,25 @@ def test_finetune_view_without_crop_or_rotation_is_the_identity_and_flips_only_w
 def test_finetune_view_refuses_non_square_input():
     with pytest.raises(ValueError, match="square"):
         finetune_view(torch.zeros(2, 1, 28, 30), step_generator(0, 0, 0))
+
+
+def test_outside_a_rotated_view_is_black_in_pretraining_and_fine_tuning_alike():
+    """One fill rule: the corners a rotation uncovers are the intensity convention's 0, in [0, 1] for pretraining's
+    views and in normalised units (-mean / std) for fine-tuning's, so both models see the same black."""
+    from mednet_hf.configuration_mednet import VARIANTS
+    from mednet_hf.training.augment import _sample_views
+
+    mean, std = torch.tensor(VARIANTS["gray"]["image_mean"]), torch.tensor(VARIANTS["gray"]["image_std"])
+    white = torch.ones(4, 1, 28, 28)
+    quarter_turn = torch.tensor([[0.7071, -0.7071, 0.0], [0.7071, 0.7071, 0.0]]).expand(4, 1, 2, 3)  # 45°, no crop
+    pretraining = _sample_views(white, quarter_turn, 28)[0]
+    assert pretraining[:, :, 0, 0].max() == 0.0 and pretraining[:, :, 14, 14].min() == 1.0
+    normalised = (white - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    generator = step_generator(0, 0, 0)
+    tuned = finetune_view(normalised, generator, scale=(1.0, 1.0), max_rotation=45.0, ratio=(1.0, 1.0),
+                          black=-mean / std)
+    back = tuned * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)  # to the [0, 1] of the convention
+    rotated = (back[:, 0] < 0.999).flatten(1).any(1)  # half the images are rotated at all
+    assert rotated.any()
+    corners = back[rotated][:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert corners.min() >= -1e-6 and (corners < 0.05).any()  # black (bilinear edges blend a little white in)

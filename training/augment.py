@@ -51,10 +51,14 @@ def _crop_thetas(generator, shape, scale, max_rotation: float, device, flip_p: f
     return torch.stack([row_x, row_y], dim=-2)
 
 
-def _sample_views(images: torch.Tensor, thetas: torch.Tensor, size: int) -> torch.Tensor:
+def _sample_views(images: torch.Tensor, thetas: torch.Tensor, size: int, black: torch.Tensor | None = None) -> torch.Tensor:
     """`images (B, C, H, W)`, `thetas (B, V, 2, 3)` → `(V, B, C, size, size)` in one `grid_sample`: the V grids of
     an image are stacked along the grid's height, so the source is never copied V times. The grid is what
-    `F.affine_grid(align_corners=False)` gives, built by broadcasting: its batched 3×2 matmul is 15× slower on CPU."""
+    `F.affine_grid(align_corners=False)` gives, built by broadcasting: its batched 3×2 matmul is 15× slower on CPU.
+
+    The one fill rule of every view, pretraining's and fine-tuning's: outside the image is black, the intensity
+    convention's 0. `black` is that value in the images' own units, per channel (default 0: images in [0, 1]; for
+    normalised `pixel_values`, `-mean / std`)."""
     batch, views = thetas.shape[:2]
     coords = (torch.arange(size, device=images.device, dtype=thetas.dtype) * 2 + 1) / size - 1  # pixel centres
     u, v = coords.view(1, 1, 1, size), coords.view(1, 1, size, 1)
@@ -62,23 +66,28 @@ def _sample_views(images: torch.Tensor, thetas: torch.Tensor, size: int) -> torc
     grid = torch.empty(batch, views, size, size, 2, device=images.device, dtype=thetas.dtype)
     for i in (0, 1):  # one full-size add per coordinate, written in place
         torch.add(rows[:, :, i, 0] * u, rows[:, :, i, 1] * v + rows[:, :, i, 2], out=grid[..., i])
-    out = F.grid_sample(images, grid.view(batch, views * size, size, 2), mode="bilinear", padding_mode="zeros",
+    black = None if black is None else black.to(images.device, images.dtype).view(1, -1, 1, 1)
+    source = images if black is None else images - black  # zeros padding then fills with `black`
+    out = F.grid_sample(source, grid.view(batch, views * size, size, 2), mode="bilinear", padding_mode="zeros",
                         align_corners=False)
+    if black is not None:
+        out = out + black
     return out.view(batch, images.shape[1], views, size, size).permute(2, 0, 1, 3, 4)
 
 
 @torch.no_grad()
 def finetune_view(images: torch.Tensor, generator: torch.Generator, scale=(0.7, 1.0), max_rotation: float = 10.0,
-                  flip: bool = False, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+                  flip: bool = False, ratio=(3 / 4, 4 / 3), black: torch.Tensor | None = None) -> torch.Tensor:
     """Fine-tuning's augmentation of a batch of processed `pixel_values (B, C, S, S)`: one random resized crop
-    (area fraction in `scale`, aspect ratio in `ratio`) and, for half the images, a rotation of up to `max_rotation` degrees, back at the same
-    size in one `grid_sample`; outside the image is 0, i.e. the normalisation mean. No flip unless asked: left and
+    (area fraction in `scale`, aspect ratio in `ratio`) and, for half the images, a rotation of up to `max_rotation`
+    degrees, back at the same size in one `grid_sample`; outside the image is black, as in pretraining (`black`: the
+    normalised value of the intensity convention's 0, `-mean / std` per channel). No flip unless asked: left and
     right carry meaning in radiographs (the heart, a marker)."""
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"finetune_view takes square (B, C, S, S) pixel_values, got shape {tuple(images.shape)}")
     thetas = _crop_thetas(generator, (images.shape[0], 1), scale, max_rotation, images.device,
                           flip_p=0.5 if flip else 0.0, ratio=ratio)
-    return _sample_views(images.float(), thetas, images.shape[-1])[0].to(images.dtype)
+    return _sample_views(images.float(), thetas, images.shape[-1], black)[0].to(images.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- intensity

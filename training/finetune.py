@@ -225,7 +225,9 @@ def finetune(*args, **kwargs) -> dict:
         eval_dataset=splits["validation"].with_transform(transform) if validation_rows is None else validation_rows, compute_metrics=compute_metrics,
         data_collator=_collate, processing_class=processor,  # every checkpoint the Trainer writes carries the processor
         callbacks=[EarlyStoppingCallback(early_stopping_patience=run.patience)],
-        augment=partial(finetune_view, flip=run.hflip) if run.augment else None,
+        # outside a rotated crop is black, as in pretraining: the normalised value of the convention's 0
+        augment=partial(finetune_view, flip=run.hflip, black=-torch.tensor(processor.image_mean) / torch.tensor(processor.image_std))
+        if run.augment else None,
     )
     trainer.train()
     # every evaluation during training (epoch, eval_auroc, ...), before the final ones: convergence curves
