@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .intensity import WINDOW_PRESETS
+from .intensity import WINDOW_PRESETS, to_uint8
 from .loading import load_for_use
 from .medical_files import file_phi_values
 from .medical_image import MedicalImage, MedicalVolume
@@ -88,7 +88,7 @@ class Explainer:
         unit = (pixel_values[0].cpu() * std + mean).clamp(0, 1)
         if unit.shape[0] == 1:
             unit = unit.expand(3, -1, -1)
-        return (unit.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return to_uint8(unit.permute(1, 2, 0).numpy())
 
     def explain(self, image: MedicalImage, window: str | None = None) -> Explanation:
         # Gradio runs events of several sessions in threads, and a CAM hooks the one shared model: one at a time.

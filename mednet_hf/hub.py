@@ -2,7 +2,6 @@
 (safetensors, processor, remote code) with a model card, each in one commit."""
 
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -197,28 +196,7 @@ def push_model(
 
 
 def default_model_card(folder, repo_id: str) -> str:
-    """A short card for a user's own checkpoint: what it is, how to load it, and the test metrics of the
-    `mednet finetune` run that produced it (its `results.json`, next to the folder) when there is one."""
-    from huggingface_hub import ModelCardData
+    """The card `mednet push` writes for a folder without a README.md (`model_card.checkpoint_card`)."""
+    from .model_card import checkpoint_card
 
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    record_path = folder.parent / "results.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    test = {k.removeprefix("test_"): v for k, v in (record.get("test") or {}).items() if isinstance(v, float) and "runtime" not in k and "per_second" not in k}
-    labels = [config.get("id2label", {})[k] for k in sorted(config.get("id2label", {}), key=int)]
-    data = ModelCardData(library_name="transformers", tags=["medical-imaging", "mednet", "timm", "transformers"], license="other")
-    lines = [
-        f"# {repo_id}", "",
-        f"A MedNet `{config.get('architectures', ['MedNetModel'])[0]}` ({config['architecture']}, {config['variant']} variant, "
-        f"{config['pretrained_cfg']['input_size'][-1]} px), saved with `mednet_hf`." + (f" Classes: {', '.join(labels)}." if labels and record else ""), "",
-        "It is also a timm checkpoint: `timm.create_model(\"hf-hub:" + repo_id + "\", pretrained=True)`.", "",
-        "```python", "import mednet_hf", "from transformers import AutoImageProcessor, AutoModelForImageClassification",
-        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")',
-        f'processor = AutoImageProcessor.from_pretrained("{repo_id}")', "```", "",
-        "Research use only: not a medical device.",
-    ]
-    if test:
-        lines += ["", f"## Test metrics ({record.get('dataset')}, from `mednet finetune`)", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(test.items())]
-    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+    return checkpoint_card(folder, repo_id)

@@ -164,4 +164,15 @@ def to_unit_range(
     raise MedicalImageError(f"{image.source}: cannot turn {unit.shape[0]} channel(s) into {num_channels}")
 
 
-__all__ = ["INTENSITY_MODES", "WINDOW_PRESETS", "apply_header_voi", "apply_window", "resolve_window", "to_unit_range"]
+def to_uint8(unit):
+    """[0, 1] values (a numpy array or a torch tensor) → uint8 0-255, rounded: the convention's one 8-bit form, for
+    the pretraining cache, the PIL plugin's display image and the demo's view."""
+    if isinstance(unit, np.ndarray):
+        return np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
+    import torch
+
+    return (unit * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+__all__ = ["INTENSITY_MODES", "WINDOW_PRESETS", "apply_header_voi", "apply_window", "resolve_window", "to_uint8",
+           "to_unit_range"]

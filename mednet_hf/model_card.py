@@ -1,6 +1,10 @@
-"""Model cards rendered from run records: the pretraining record (`pretrain.json`) and the transfer study that
-`mednet benchmark` wrote for the release (`benchmark.json`, with its plots beside it). Every number in a card comes
-from those records."""
+"""Model cards, every one rendered from a template in `mednet_hf/templates/` by huggingface_hub's `ModelCard`:
+
+- a release's (`release_model_card.md`), from its run records: the pretraining record (`pretrain.json`) and the
+  transfer study that `mednet benchmark` wrote for it (`benchmark.json`, with its plots beside it). Every number
+  in such a card comes from those records;
+- a user's own checkpoint's (`model_card.md`), for `mednet push`: what it is, how to load it, and the test metrics
+  of the `mednet finetune` run that made it."""
 
 import json
 from pathlib import Path
@@ -11,6 +15,7 @@ VARIANT_NAMES = {"gray": "Gray-MedNet", "color": "Color-MedNet"}
 MODALITY_TAGS = {"gray": ["x-ray", "ct", "mri", "ultrasound", "mammography"],
                  "color": ["histopathology", "fundus", "microscopy", "blood-smear"]}
 FIGURES = ("label_fractions.png", "convergence.png")
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def load_records(folder) -> tuple[dict, dict]:
@@ -45,8 +50,10 @@ def _dataset_name(source: dict) -> str:
     return source["dataset"] + (f":{source['config']}" if source.get("config") else f":{source['data_dir']}")
 
 
-def render_model_card(variant: str, records_dir, template, repo_id: str, figures: str = "") -> ModelCard:
-    """`figures`: the path from the card to the benchmark's PNGs (the bundle keeps them beside its README)."""
+def render_model_card(variant: str, records_dir, repo_id: str, figures: str = "",
+                      template=TEMPLATES / "release_model_card.md") -> ModelCard:
+    """A release's card. `figures`: the path from the card to the benchmark's PNGs (the bundle keeps them beside
+    its README)."""
     pretrain, benchmark = load_records(records_dir)
     recipe = pretrain["recipe"]
     name = VARIANT_NAMES[variant]
@@ -89,4 +96,21 @@ def check_card(card: ModelCard, records_dir) -> None:
             raise ValueError(f"model card number {result.metric_value} ({result.metric_type}) is in no run record")
 
 
-__all__ = ["check_card", "comparison_rows", "load_records", "render_model_card"]
+def checkpoint_card(folder, repo_id: str) -> str:
+    """The card of a user's own checkpoint (`mednet push` without a README.md): what it is, how to load it, and
+    the test metrics of the `mednet finetune` run that produced it (its `results.json`, next to the folder)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    record_path = folder.parent / "results.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    test = sorted((k.removeprefix("test_"), v) for k, v in (record.get("test") or {}).items()
+                  if isinstance(v, float) and "runtime" not in k and "per_second" not in k)
+    labels = [config.get("id2label", {})[k] for k in sorted(config.get("id2label", {}), key=int)]
+    data = ModelCardData(library_name="transformers", tags=["medical-imaging", "mednet", "timm", "transformers"], license="other")
+    card = ModelCard.from_template(data, template_path=str(TEMPLATES / "model_card.md"), repo_id=repo_id, config=config,
+                                   architecture=(config.get("architectures") or ["MedNetModel"])[0], labels=labels,
+                                   record=record, test=test)
+    return str(card)
+
+
+__all__ = ["TEMPLATES", "check_card", "checkpoint_card", "comparison_rows", "load_records", "render_model_card"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from .intensity import to_unit_range
+from .intensity import to_uint8, to_unit_range
 from .dicom import read_dicom
 from .medical_image import MedicalImage, MedicalImageError, MedicalVolume
 from .medical_io import reader_for, to_medical_image
@@ -36,7 +36,7 @@ def _display(content: MedicalImage | MedicalVolume) -> np.ndarray:
     """The 8-bit rendering of the middle frame or slice: uint8 `(H, W)` or `(H, W, 3)`."""
     image = to_medical_image(content)
     channels = 3 if image.is_color else 1
-    unit = np.rint(to_unit_range(image, num_channels=channels) * 255).astype(np.uint8)
+    unit = to_uint8(to_unit_range(image, num_channels=channels))
     return np.ascontiguousarray(np.moveaxis(unit, 0, -1)) if channels == 3 else unit[0]
 
 

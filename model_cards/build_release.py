@@ -84,11 +84,11 @@ def render(variant: str, records: Path, bundle: Path) -> None:
     for name in FIGURES:  # the bundle's card shows the plots from beside it
         if (records / name).is_file():
             shutil.copy2(records / name, bundle / name)
-    template, repo_id = HERE / "template.md", f"mednet/{variant}"
-    card = render_model_card(variant, records, template, repo_id=repo_id)
+    repo_id = f"mednet/{variant}"
+    card = render_model_card(variant, records, repo_id=repo_id)
     check_card(card, records)
     (bundle / "README.md").write_text(str(card))
-    (HERE / f"{variant}.md").write_text(str(render_model_card(variant, records, template, repo_id, figures=f"records/{variant}/")))
+    (HERE / f"{variant}.md").write_text(str(render_model_card(variant, records, repo_id, figures=f"records/{variant}/")))
 
 
 README = HERE.parent / "README.md"

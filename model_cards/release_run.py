@@ -26,30 +26,33 @@ BATCH = 512
 
 
 def expand_sources(variant: str, pack: Path, recipe) -> list[dict]:
-    """Write each packed source to the pretraining cache under the key `load_source` looks for."""
+    """Write each packed source to the pretraining cache under the key `load_source` looks for, with the pixels
+    `load_source` would make: a source packed at another size (MedMNIST at its native 28 px) goes through the same
+    processor at the run's size, and the same writer stores it."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    from safetensors.torch import save_file
 
-    from mednet_hf.training.data import cache_key, cache_root
+    from mednet_hf.intensity import to_uint8
+    from mednet_hf.training.data import cache_path, cache_processor, write_entry
 
     manifest = json.loads((pack / "manifest.json").read_text())
     os.environ["MEDNET_DATA_DIR"] = manifest["data_dir"]  # the string the keys were made with; no file is read there
     packed = np.load(pack / "pretrain.npz")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    processor = cache_processor(recipe)
     rows = []
     for index, (source, info) in enumerate(zip(recipe.sources, manifest["sources"])):
         if source.name != info["name"]:
             raise ValueError(f"{pack}: packed source {index} is {info['name']!r}, the recipe's is {source.name!r}: repack")
-        images = torch.from_numpy(packed[f"images_{index}"]).to(device)
-        if images.shape[-1] != recipe.image_size:  # bilinear, as the processor resizes (upsampling: no antialias needed)
-            images = F.interpolate(images.float(), size=recipe.image_size, mode="bilinear", align_corners=False)
-            images = images.round_().clamp_(0, 255).to(torch.uint8)
-        path = cache_root(recipe) / f"{cache_key(source, recipe)}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"images": images.cpu().contiguous(), "labels": torch.from_numpy(packed[f"labels_{index}"])}, path,
-                  metadata=info["metadata"])
+        if "subsampled_to" in info:  # fewer rows under the whole source's key would be another source's cache
+            raise ValueError(f"{pack}: source {source.name!r} was packed subsampled ({info['subsampled_to']} of "
+                             f"{info['rows']} rows); the cache holds whole sources only: repack with a larger budget")
+        images = torch.from_numpy(packed[f"images_{index}"])
+        if images.shape[-1] != recipe.image_size:  # uint8 in, as the dataset holds it: ÷ 255, resize, round
+            arrays = list(images.permute(0, 2, 3, 1).squeeze(-1).numpy()) if images.shape[1] == 1 else list(images.permute(0, 2, 3, 1).numpy())
+            images = torch.cat([to_uint8(processor(arrays[i : i + 1024], return_tensors="pt")["pixel_values"])
+                                for i in range(0, len(arrays), 1024)])
+        write_entry(cache_path(source, recipe), {"images": images, "labels": torch.from_numpy(packed[f"labels_{index}"])},
+                    info["metadata"])
         rows.append({"name": source.name, "rows": int(images.shape[0]), "carried_size": info["carried_size"],
                      "of_rows": info["rows"]})
     return rows

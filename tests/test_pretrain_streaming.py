@@ -175,7 +175,7 @@ def test_killed_run_with_a_streamed_source_resumes_with_the_same_rows(pushed, tm
     records.mkdir()
     (records / "pretrain.json").write_text(json.dumps(b))
     shutil.copy(REPO_ROOT / "model_cards" / "records" / "gray" / "benchmark.json", records)
-    card = render_model_card("gray", records, REPO_ROOT / "model_cards" / "template.md", "mednet/gray")
+    card = render_model_card("gray", records, "mednet/gray")
     check_card(card, records)
     assert card.data.datasets == sorted([REPO, "imagefolder:dicom_series"])
     hub_row = next(line for line in str(card).splitlines() if line.startswith("| pneumonia_hub |"))

@@ -34,7 +34,7 @@ def _digest(folder) -> dict:
 
 @pytest.mark.parametrize("variant", ["gray", "color"])
 def test_cards_render_from_run_records_and_pass_the_metadata_check(variant):
-    card = render_model_card(variant, RECORDS / variant, REPO_ROOT / "model_cards" / "template.md", f"mednet/{variant}")
+    card = render_model_card(variant, RECORDS / variant, f"mednet/{variant}")
     check_card(card, RECORDS / variant)
     data = card.data.to_dict()
     assert data["license"] == "other" and data["library_name"] == "transformers"

@@ -10,12 +10,14 @@ part of the stream (`streaming.py`), whose state travels with each checkpoint.
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
+from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
@@ -23,11 +25,13 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 import mednet_hf
 from mednet_hf import MedNetImageProcessor
 from mednet_hf.data import load_medical_dataset, medical_transform
+from mednet_hf.intensity import to_uint8
 
 from .augment import step_generator
 from .recipe import Recipe, Source, resolve_data_dir
 from .streaming import StreamedSource, open_stream
 
+logger = logging.getLogger(__name__)
 ROW_STRIDE = 10**9  # example id = source index * ROW_STRIDE + row: stable across runs, names a row in the order log
 DECODE_BATCH = 256
 
@@ -36,7 +40,7 @@ def cache_root(recipe: Recipe) -> Path:
     return Path(recipe.cache_dir) if recipe.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "mednet_pretrain"
 
 
-def _processor(recipe: Recipe) -> MedNetImageProcessor:
+def cache_processor(recipe: Recipe) -> MedNetImageProcessor:
     """The one rows → [0, 1] pixels path, at the recipe's size and variant; normalisation comes after augmenting."""
     return MedNetImageProcessor(variant=recipe.variant, image_size=recipe.image_size, do_normalize=False)
 
@@ -50,7 +54,7 @@ def cache_key(source: Source, recipe: Recipe) -> str:
         "verification_mode": source.verification_mode,
         "data_dir": str(Path(resolve_data_dir(source.data_dir)).resolve()) if source.data_dir else None,
         "image_size": recipe.image_size, "variant": recipe.variant, "version": mednet_hf.__version__,
-        "processor": json.loads(_processor(recipe).to_json_string()),
+        "processor": json.loads(cache_processor(recipe).to_json_string()),
     }
     if source.dataset == "hub":  # a branch moves: key on the data datasets downloaded (its own fingerprint)
         spec |= {"repo_id": source.repo_id, "revision": source.revision, "fingerprint": _train_split(source)._fingerprint}
@@ -78,26 +82,59 @@ def _decode(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], di
     labels = torch.tensor(split["label"], dtype=torch.long) if names else torch.full((split.num_rows,), -1, dtype=torch.long)
     # Labels are read from the column above; the transform only makes pixels.
     pixels_only = split.remove_columns([c for c in ("label", "labels") if c in split.column_names])
-    rows = pixels_only.with_transform(medical_transform(_processor(recipe), pixels_only.features))
+    rows = pixels_only.with_transform(medical_transform(cache_processor(recipe), pixels_only.features))
     batches = BatchSampler(SequentialSampler(range(rows.num_rows)), DECODE_BATCH, drop_last=False)
     loader = DataLoader(rows, sampler=batches, batch_size=None, num_workers=recipe.num_workers)
-    images = torch.cat([(batch["pixel_values"] * 255).round_().clamp_(0, 255).to(torch.uint8) for batch in loader])
+    images = torch.cat([to_uint8(batch["pixel_values"]) for batch in loader])
     return {"images": images, "labels": labels}, metadata
 
 
-def load_source(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The cached tensors of a source, decoding (and caching) them on first use."""
-    path = cache_root(recipe) / f"{cache_key(source, recipe)}.safetensors"
-    if path.is_file():
+def cache_path(source: Source, recipe: Recipe) -> Path:
+    return cache_root(recipe) / f"{cache_key(source, recipe)}.safetensors"
+
+
+def _read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """A complete cache entry, or None: absent, or unreadable (a damaged file is rebuilt, not trained on)."""
+    if not path.is_file():
+        return None
+    try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata()
-        return load_file(path), metadata
-    tensors, metadata = _decode(source, recipe)
+        tensors = load_file(path)
+        if set(tensors) != {"images", "labels"} or len(tensors["images"]) != len(tensors["labels"]) or metadata is None:
+            raise ValueError(f"holds {sorted(tensors)} with {[len(t) for t in tensors.values()]} rows")
+    except Exception as e:  # truncated, overwritten, not safetensors: all mean "build it again"
+        logger.warning("%s: cache entry unreadable (%s: %s); decoding the source again", path, type(e).__name__, e)
+        return None
+    return tensors, metadata
+
+
+def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The one cache writer: a temporary file of this process, renamed into place, so that no process ever reads a
+    half-written entry under its key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)  # atomic: another process never reads a half-written cache
-    return tensors, metadata
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_source(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The cached tensors of a source, decoding (and caching) them on first use. Runs that start together on one
+    cache folder decode each source once: the first takes the entry's file lock, the others wait and read."""
+    path = cache_path(source, recipe)
+    entry = _read_entry(path)
+    if entry is not None:
+        return entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        entry = _read_entry(path)  # another run may have written it while this one waited
+        if entry is None:
+            entry = _decode(source, recipe)
+            write_entry(path, *entry)
+    return entry
 
 
 def _label_metadata(features: datasets.Features) -> dict[str, str]:
@@ -222,7 +259,7 @@ class PretrainingData:
 
 def _stream(source: Source, recipe: Recipe, rank: int, world: int) -> tuple[StreamedSource, dict[str, str]]:
     stream, revision = open_stream(source.name, source.repo_id, source.config, source.revision)
-    make_transform = lambda features: medical_transform(_processor(recipe), features)  # noqa: E731
+    make_transform = lambda features: medical_transform(cache_processor(recipe), features)  # noqa: E731
     streamed = StreamedSource(stream, source.name, make_transform, source.labelled, recipe.seed, rank, world,
                               recipe.stream_chunk_rows, revision)
     return streamed, _label_metadata(stream.features)
@@ -252,4 +289,4 @@ def pretraining_data(recipe: Recipe, rank: int = 0, world: int = 1) -> Pretraini
                            classes, streams)
 
 
-__all__ = ["PretrainingData", "cache_key", "load_source", "pretraining_data"]
+__all__ = ["PretrainingData", "cache_key", "cache_path", "cache_processor", "load_source", "pretraining_data", "write_entry"]

@@ -21,6 +21,8 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from mednet_hf.intensity import to_uint8
+
 from .augment import step_generator
 
 DECODE_BATCH = 256
@@ -122,7 +124,7 @@ class StreamedSource:
             part = rows[begin : begin + DECODE_BATCH]
             batch = {key: [row[key] for row in part] for key in part[0] if key not in ("label", "labels")}
             pixels = self._transform(batch)["pixel_values"]
-            images.append((pixels * 255).round_().clamp_(0, 255).to(torch.uint8))
+            images.append(to_uint8(pixels))
         if self.labelled:
             labels = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         else:
