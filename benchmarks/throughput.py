@@ -37,9 +37,10 @@ import torch.nn.functional as F
 import yaml
 
 from mednet_hf import MedNetConfig, MedNetModel
-from mednet_hf.training.augment import PretrainViews, step_generator
+from mednet_hf.training.augment import step_generator
 from mednet_hf.training.data import pretraining_data
 from mednet_hf.training.finetune import finetune
+from mednet_hf.training.objectives import pretrain_views
 from mednet_hf.training.pretrain import build_model
 from mednet_hf.training.recipe import load_recipe
 
@@ -155,7 +156,7 @@ def pretrain_model(recipe, data, batch: int, args, device) -> float:
     """(b) `PretrainModel` with all three objectives on one real batch on the device; views made every step."""
     heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
     model = build_model(recipe, heads).to(device)
-    views = PretrainViews.from_objectives(recipe.image_size, recipe.objectives)
+    views = pretrain_views(recipe.image_size, recipe.objectives)
     rows = data.batch(data.sample(recipe.seed, 0, batch), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     counter = itertools.count()
@@ -213,7 +214,7 @@ def inference(architecture: str, size: int, variant: str, batch: int, args, devi
 
 def data_path(recipe, data, batch: int) -> float:
     """(f) Source images/s of the data path on the CPU: rows drawn, gathered from the cache, all views made."""
-    views = PretrainViews.from_objectives(recipe.image_size, recipe.objectives)
+    views = pretrain_views(recipe.image_size, recipe.objectives)
     cpu = torch.device("cpu")
     best = float("inf")
     for step in range(6):  # best of several: a shared CPU is noisy

@@ -16,8 +16,9 @@ import yaml
 from conftest import DATA_DIR, REPO_ROOT, data_path
 
 from mednet_hf.training import data as pretraining_data_module
-from mednet_hf.training.augment import PretrainViews, step_generator
+from mednet_hf.training.augment import step_generator
 from mednet_hf.training.data import pretraining_data
+from mednet_hf.training.objectives import pretrain_views
 from mednet_hf.training.pretrain import CheckpointError, build_model, pretrain
 from mednet_hf.training.recipe import load_recipe
 
@@ -87,7 +88,7 @@ def test_one_backbone_call_per_resolution_and_a_gradient_for_every_parameter(tmp
     calls = []
     model.backbone.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
-    views = PretrainViews.from_objectives(28, recipe.objectives)(images, step_generator(0, 0, 0))
+    views = pretrain_views(28, recipe.objectives)(images, step_generator(0, 0, 0))
     source = torch.tensor([0, 0, 1, 0, 1, 1]) if labelled_rows else torch.ones(6, dtype=torch.long)
     label = torch.where(source == 0, torch.tensor([1, 0, -1, 1, -1, -1]), -1)
     losses = model(views | {"label": label, "source": source})
@@ -324,3 +325,28 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_a_diverged_run_stops(tm
     monkeypatch.setattr(objectives.PretrainModel, "forward", poisoned(set(range(1, 100))))
     with pytest.warns(UserWarning), pytest.raises(DivergedError, match=f"{MAX_SKIPPED_IN_A_ROW} steps in a row"):
         pretrain(_recipe(tmp_path, {"supervised": {"weight": 1.0}}, steps=20, checkpoint_every=50), tmp_path / "b")
+
+
+def test_a_new_objective_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
+    """The extension point: an objective declares the views it reads and encodes; nothing else changes."""
+    from mednet_hf.training import objectives
+
+    class FeatureVariance(objectives.Objective):
+        """A toy objective: keep the pooled features of the global crops spread out."""
+
+        reads = encodes = ("global_crops",)
+
+        @classmethod
+        def build(cls, config, heads, reduction, **options):
+            return cls()
+
+        def loss(self, encoded, batch):
+            return -encoded["global_crops"][1].float().var(dim=0).mean()
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "feature_variance", FeatureVariance)
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
+    data_path("medmnist")
+    recipe = _recipe(tmp_path, {"supervised": {"weight": 1.0}, "feature_variance": {"weight": 0.1}}, steps=2, checkpoint_every=2)
+    record = pretrain(recipe, tmp_path / "run")
+    assert set(record["final_losses"]) == {"supervised", "feature_variance", "loss"}
+    assert all(v == v for v in record["final_losses"].values())

@@ -224,9 +224,12 @@ def genesis(x: torch.Tensor, generator: torch.Generator, block: int) -> torch.Te
 # ---------------------------------------------------------------------------------------------------- all views
 
 
+VIEWS = ("image", "global_crops", "local_crops", "genesis_input")
+
+
 @dataclass(frozen=True)
 class PretrainViews:
-    """What the objectives need from a batch of images, made in batches:
+    """The views the objectives read (each objective names its own, `objectives.OBJECTIVES`), made in batches:
 
     - `image` `(B, C, S, S)`: a light view (crop + flip), for the supervised heads and as the restoration target;
     - `global_crops` `(2B, C, S, S)` and `local_crops` `(nB, C, S/2, S/2)`, crop-major (rows `kB:(k+1)B` are crop
@@ -237,22 +240,13 @@ class PretrainViews:
     """
 
     image_size: int
-    supervised: bool = True
-    contrastive: bool = True
-    restoration: bool = True
+    views: frozenset = frozenset(VIEWS)
     local_crops: int = 4
 
     def __post_init__(self):
-        if not (self.supervised or self.contrastive or self.restoration):
-            raise ValueError("PretrainViews needs at least one objective")
-
-    @classmethod
-    def from_objectives(cls, image_size: int, objectives: dict) -> "PretrainViews":
-        return cls(
-            image_size=image_size, supervised="supervised" in objectives, contrastive="contrastive" in objectives,
-            restoration="restoration" in objectives,
-            local_crops=int(objectives.get("contrastive", {}).get("local_crops", 4)),
-        )
+        unknown = sorted(set(self.views) - set(VIEWS))
+        if unknown or not self.views:
+            raise ValueError(f"PretrainViews makes some of {VIEWS}, got {sorted(self.views)}")
 
     @property
     def local_size(self) -> int:
@@ -268,22 +262,24 @@ class PretrainViews:
             raise ValueError(f"PretrainViews takes a (B, C, H, W) batch, got shape {tuple(images.shape)}")
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         n, device = x.shape[0], x.device
-        light = self.supervised or self.restoration
+        light = bool({"image", "genesis_input"} & self.views)  # the Genesis input is a corrupted light view
+        crops = "global_crops" in self.views
+        local = "local_crops" in self.views and self.local_crops > 0
         thetas = [_crop_thetas(generator, (n, 1), (0.6, 1.0), 0.0, device)] if light else []
-        if self.contrastive:
+        if crops:
             thetas.append(_crop_thetas(generator, (n, 2), (0.4, 1.0), 15.0, device))
-        crops = _sample_views(x, torch.cat(thetas, dim=1), self.image_size)
+        sampled = _sample_views(x, torch.cat(thetas, dim=1), self.image_size) if thetas else None
         views = {}
         if light:
-            views["image"] = crops[0]
-        if self.contrastive:
-            views["global_crops"] = photometric(crops[-2:].flatten(0, 1), generator)
-            if self.local_crops:
-                local = _crop_thetas(generator, (n, self.local_crops), (0.05, 0.4), 15.0, device)
-                views["local_crops"] = photometric(_sample_views(x, local, self.local_size).flatten(0, 1), generator)
-        if self.restoration:
+            views["image"] = sampled[0]
+        if crops:
+            views["global_crops"] = photometric(sampled[-2:].flatten(0, 1), generator)
+        if local:
+            thetas = _crop_thetas(generator, (n, self.local_crops), (0.05, 0.4), 15.0, device)
+            views["local_crops"] = photometric(_sample_views(x, thetas, self.local_size).flatten(0, 1), generator)
+        if "genesis_input" in self.views:
             views["genesis_input"] = genesis(views["image"], generator, self.shuffle_block)
         return views
 
 
-__all__ = ["PretrainViews", "bezier_intensity", "finetune_view", "genesis", "local_shuffle", "paint", "photometric", "step_generator"]
+__all__ = ["VIEWS", "PretrainViews", "bezier_intensity", "finetune_view", "genesis", "local_shuffle", "paint", "photometric", "step_generator"]

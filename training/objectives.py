@@ -14,11 +14,43 @@ from torch import nn
 
 from mednet_hf import MedNetModel
 
+from .augment import PretrainViews
 
-class SupervisedObjective(nn.Module):
+
+class Objective(nn.Module):
+    """What `PretrainModel` asks of an objective: the views it reads (`reads`, names of `augment.VIEWS`) and which
+    of them go through the backbone (`encodes`); `build` makes it from the recipe's options, `loss` scores a step
+    from the encoded views (`{name: (feature map, pooled)}`) and the batch (every view made, `label`, `source`).
+    A new objective is one subclass plus one entry in `OBJECTIVES`."""
+
+    reads: tuple[str, ...] = ()
+    encodes: tuple[str, ...] = ()
+
+    @classmethod
+    def views(cls, options: dict) -> tuple[str, ...]:
+        return cls.reads
+
+    @classmethod
+    def build(cls, config, heads: list, reduction: int, **options) -> "Objective":
+        raise NotImplementedError
+
+    def loss(self, encoded: dict, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SupervisedObjective(Objective):
     """The MedNet recipe: one linear head per labelled source, cross-entropy on that source's rows of the mixed
     batch, averaged over the sources present with their `loss_weight`s. Every head sees every row and the loss masks
     out the others, so the graph is the same whatever sources a batch holds."""
+
+    reads = encodes = ("image",)
+
+    @classmethod
+    def build(cls, config, heads, reduction, **options):
+        return cls(config.num_features, heads)
+
+    def loss(self, encoded, batch):
+        return self(encoded["image"][1], batch["label"], batch["source"])
 
     def __init__(self, num_features: int, heads: list[tuple[int, int, float]]):
         """`heads`: (source index, number of classes, loss weight) for each labelled source."""
@@ -63,9 +95,25 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Ten
     return (q * total_batch).t()
 
 
-class ContrastiveObjective(nn.Module):
+class ContrastiveObjective(Objective):
     """Self-supervised contrastive learning with online clustering (SwAV, Caron et al. 2020) and multi-crop: the
     cluster code of each global crop is predicted from every other crop."""
+
+    @classmethod
+    def views(cls, options):
+        return ("global_crops", "local_crops") if int(options.get("local_crops", 4)) else ("global_crops",)
+
+    encodes = ("global_crops", "local_crops")
+
+    @classmethod
+    def build(cls, config, heads, reduction, **options):
+        return cls(config.num_features, **{k: v for k, v in options.items() if k != "local_crops"})
+
+    def loss(self, encoded, batch):
+        crops = encoded["global_crops"][1]
+        if "local_crops" in encoded:
+            crops = torch.cat([crops, encoded["local_crops"][1]])
+        return self(crops, batch["global_crops"].shape[0] // 2)
 
     def __init__(self, num_features: int, prototypes: int = 128, dim: int = 64, temperature: float = 0.1,
                  epsilon: float = 0.05, sinkhorn_iterations: int = 3, **_):
@@ -89,9 +137,19 @@ class ContrastiveObjective(nn.Module):
         return loss / 2
 
 
-class RestorationObjective(nn.Module):
+class RestorationObjective(Objective):
     """Models Genesis in 2-D (Zhou et al., 2019): a light decoder restores the original view from the backbone's
     last feature map of a corrupted one (non-linear intensity, local shuffling, in-/out-painting); MSE loss."""
+
+    reads = ("image", "genesis_input")  # the light view is the target only: it goes through no backbone here
+    encodes = ("genesis_input",)
+
+    @classmethod
+    def build(cls, config, heads, reduction, **options):
+        return cls(config.num_features, config.num_channels, reduction, **options)
+
+    def loss(self, encoded, batch):
+        return self(encoded["genesis_input"][0], batch["image"])
 
     def __init__(self, num_features: int, out_channels: int, reduction: int, width: int = 64, **_):
         super().__init__()
@@ -109,13 +167,29 @@ class RestorationObjective(nn.Module):
         return F.mse_loss(torch.sigmoid(restored.float()), target.float())
 
 
+# The registry: a recipe's `objectives:` names these. A new objective is one `Objective` subclass plus one entry.
+OBJECTIVES: dict[str, type[Objective]] = {
+    "supervised": SupervisedObjective,
+    "contrastive": ContrastiveObjective,
+    "restoration": RestorationObjective,
+}
+FULL_SIZE = ("image", "global_crops", "genesis_input")  # views at the run's resolution (local crops are half)
+
+
+def pretrain_views(image_size: int, objectives: dict) -> PretrainViews:
+    """The views a recipe's objectives read, as one `PretrainViews`."""
+    views = frozenset(v for name, options in objectives.items() for v in OBJECTIVES[name].views(options))
+    local = int(objectives.get("contrastive", {}).get("local_crops", 4))
+    return PretrainViews(image_size, views=views, local_crops=local)
+
+
 class PretrainModel(nn.Module):
     """The backbone plus one head per objective. `forward(views)` takes `PretrainViews`' output plus `label` and
     `source` `(B,)`, and returns each weighted loss and their sum (`loss`).
 
     The views are grouped by resolution, as in DINO's MultiCropWrapper: one backbone call for every full-size view
-    (supervised view, global crops and Models Genesis input, concatenated on the batch axis) and one for the local
-    crops. BatchNorm therefore normalises each call over all of its views together.
+    the objectives encode (supervised view, global crops, Models Genesis input, concatenated on the batch axis) and
+    one for the local crops. BatchNorm therefore normalises each call over all of its views together.
     """
 
     def __init__(self, backbone: MedNetModel, objectives: dict, heads: list[tuple[int, int, float]], channels_last: bool):
@@ -127,16 +201,13 @@ class PretrainModel(nn.Module):
         self.channels_last = channels_last
         self.weights = {name: float(options.get("weight", 1.0)) for name, options in objectives.items()}
         reduction = backbone.get_encoder().feature_info[-1]["reduction"]
-        built = {}
-        for name, options in objectives.items():
-            options = {k: v for k, v in options.items() if k not in ("weight", "local_crops")}
-            if name == "supervised":
-                built[name] = SupervisedObjective(config.num_features, heads)
-            elif name == "contrastive":
-                built[name] = ContrastiveObjective(config.num_features, **options)
-            elif name == "restoration":
-                built[name] = RestorationObjective(config.num_features, config.num_channels, reduction, **options)
-        self.objectives = nn.ModuleDict(built)
+        self.objectives = nn.ModuleDict({
+            name: OBJECTIVES[name].build(config, heads, reduction, **{k: v for k, v in options.items() if k != "weight"})
+            for name, options in objectives.items()
+        })
+        encoded = {view for objective in self.objectives.values() for view in objective.encodes}
+        self.full_size = [view for view in FULL_SIZE if view in encoded]
+        self.local = "local_crops" in encoded
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x - self.mean) / self.std  # the variant's normalisation, after augmenting in [0, 1]
@@ -146,21 +217,12 @@ class PretrainModel(nn.Module):
         return out.last_hidden_state, out.pooler_output
 
     def forward(self, views: dict) -> dict:
-        names = [name for name in ("image", "global_crops", "genesis_input") if name in views]
-        if "supervised" not in self.objectives:
-            names = [name for name in names if name != "image"]  # there only as the restoration target
+        names = [name for name in self.full_size if name in views]
         feature_map, pooled = self.encode(torch.cat([views[name] for name in names]))
         sizes = [views[name].shape[0] for name in names]
-        maps, pools = dict(zip(names, feature_map.split(sizes))), dict(zip(names, pooled.split(sizes)))
-        losses = {}
-        if "supervised" in self.objectives:
-            losses["supervised"] = self.objectives["supervised"](pools["image"], views["label"], views["source"])
-        if "contrastive" in self.objectives:
-            crops = pools["global_crops"]
-            if "local_crops" in views:
-                crops = torch.cat([crops, self.encode(views["local_crops"])[1]])
-            losses["contrastive"] = self.objectives["contrastive"](crops, views["global_crops"].shape[0] // 2)
-        if "restoration" in self.objectives:
-            losses["restoration"] = self.objectives["restoration"](maps["genesis_input"], views["image"])
+        encoded = {name: pair for name, pair in zip(names, zip(feature_map.split(sizes), pooled.split(sizes)))}
+        if self.local and "local_crops" in views:
+            encoded["local_crops"] = self.encode(views["local_crops"])
+        losses = {name: objective.loss(encoded, views) for name, objective in self.objectives.items()}
         losses["loss"] = sum(self.weights[name] * loss for name, loss in losses.items())
         return losses

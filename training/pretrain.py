@@ -36,9 +36,9 @@ from transformers import get_cosine_schedule_with_warmup
 from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
 from mednet_hf.loading import weights_sha256
 
-from .augment import PretrainViews, step_generator
+from .augment import step_generator
 from .data import pretraining_data
-from .objectives import PretrainModel
+from .objectives import PretrainModel, pretrain_views
 from .recipe import Recipe, load_recipe
 
 STATE_FILE = "trainer_state.json"
@@ -305,7 +305,7 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
         set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
         heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
         model = build_model(recipe, heads, init=recipe.init if checkpoint is None else "scratch")
-        views = {size: PretrainViews.from_objectives(size, recipe.objectives) for size in recipe.image_sizes}
+        views = {size: pretrain_views(size, recipe.objectives) for size in recipe.image_sizes}
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                       fused=device.type == "cuda")
         scheduler = lr_schedule(optimizer, recipe)

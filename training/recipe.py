@@ -7,7 +7,6 @@ from pathlib import Path
 
 import yaml
 
-OBJECTIVES = ("supervised", "contrastive", "restoration")
 
 
 @dataclass
@@ -123,6 +122,8 @@ def load_recipe(path, **overrides) -> Recipe:
     """Read and check a recipe; `overrides` (e.g. steps=10 from the command line) replace top-level keys."""
     from mednet_hf.data import BUILDERS
 
+    from .objectives import OBJECTIVES  # the registry: a new objective is one class plus one entry there
+
     raw = _read(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(Recipe)}
@@ -153,10 +154,10 @@ def load_recipe(path, **overrides) -> Recipe:
     if not recipe.sources:
         _fail(path, "no sources: list at least one dataset under `sources:`")
     if not recipe.objectives:
-        _fail(path, f"no objectives: choose from {OBJECTIVES}")
+        _fail(path, f"no objectives: choose from {sorted(OBJECTIVES)}")
     for name, options in recipe.objectives.items():
         if name not in OBJECTIVES:
-            _fail(path, f"unknown objective {name!r}; choose from {OBJECTIVES}")
+            _fail(path, f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
         if not isinstance(options, dict):
             recipe.objectives[name] = {"weight": float(options)}
     if "supervised" in recipe.objectives and not any(s.labelled for s in recipe.sources):
