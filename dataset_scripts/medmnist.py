@@ -1,6 +1,9 @@
-"""MedMNIST v3: the 12 2-D subsets at 28, 64, 128 and 224 px as `datasets` builder configs.
+"""MedMNIST v3: the 12 2-D subsets at 28, 64, 128 and 224 px and the 6 3-D ones at 28³ and 64³ voxels as
+`datasets` builder configs. 2-D rows hold an `image`; 3-D rows a `volume` (`Array3D`, uint8, depth × height × width
+as the file stores it), which `MedNetVolumeProcessor` takes.
 
     MedMNIST(config_name="organamnist_28", data_dir="../shared/data/medmnist").download_and_prepare()
+    MedMNIST(config_name="adrenalmnist3d_28", data_dir="../shared/data/medmnist3d").download_and_prepare()
 
 Without `data_dir` the official file is downloaded from Zenodo; with it, the file must be there under its
 official name (or `filename=`). Either way its md5 is checked against the official one.
@@ -12,9 +15,10 @@ import datasets
 import numpy as np
 
 from ._common import DataFileError, MedicalBuilder, require_file, verify_md5
-from .medmnist_files import SUBSETS, ZENODO_RECORD, filename, url
+from .medmnist_files import SUBSETS, SUBSETS_3D, ZENODO_RECORD, filename, url
 
 SIZES = (28, 64, 128, 224)
+SIZES_3D = (28, 64)
 CITATION = """@article{medmnistv2,
   title={MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
   author={Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and Ke, Bilian and Pfister, Hanspeter and Ni, Bingbing},
@@ -34,19 +38,30 @@ class MedMNISTConfig(datasets.BuilderConfig):
 
 class MedMNIST(MedicalBuilder):
     BUILDER_CONFIG_CLASS = MedMNISTConfig
-    BUILDER_CONFIGS = [MedMNISTConfig(subset=s, size=z) for s in SUBSETS for z in SIZES]
+    BUILDER_CONFIGS = ([MedMNISTConfig(subset=s, size=z) for s in SUBSETS for z in SIZES]
+                       + [MedMNISTConfig(subset=s, size=z) for s in SUBSETS_3D for z in SIZES_3D])
     DEFAULT_CONFIG_NAME = "pneumoniamnist_28"
 
+    @property
+    def _subset(self) -> dict:
+        return SUBSETS.get(self.config.subset) or SUBSETS_3D[self.config.subset]
+
+    @property
+    def _is_3d(self) -> bool:
+        return self.config.subset in SUBSETS_3D
+
     def _info(self) -> datasets.DatasetInfo:
-        subset = SUBSETS[self.config.subset]
+        subset, size = self._subset, self.config.size
         mode = "L" if subset["n_channels"] == 1 else "RGB"
         if subset["task"] == MULTI_LABEL:
             target = {"labels": datasets.Sequence(datasets.ClassLabel(names=subset["labels"]))}
         else:
             target = {"label": datasets.ClassLabel(names=subset["labels"])}
+        pixels = ({"volume": datasets.Array3D(shape=(size, size, size), dtype="uint8")} if self._is_3d
+                  else {"image": datasets.Image(mode=mode)})
         return datasets.DatasetInfo(
-            description=f"MedMNIST v3 {self.config.subset} at {self.config.size} px ({subset['task']}).",
-            features=datasets.Features({"image": datasets.Image(mode=mode), **target}),
+            description=f"MedMNIST v3 {self.config.subset} at {size}{'³ voxels' if self._is_3d else ' px'} ({subset['task']}).",
+            features=datasets.Features({**pixels, **target}),
             homepage="https://medmnist.com/",
             citation=CITATION,
             license=subset["license"],
@@ -63,7 +78,7 @@ class MedMNIST(MedicalBuilder):
             )
         else:
             path = Path(dl_manager.download(url(subset, size)))
-        verify_md5(path, SUBSETS[subset]["md5"][size], self._verification_mode)
+        verify_md5(path, self._subset["md5"][size], self._verification_mode)
         return [
             datasets.SplitGenerator(name=split, gen_kwargs={"path": str(path), "prefix": prefix})
             for split, prefix in (
@@ -74,7 +89,8 @@ class MedMNIST(MedicalBuilder):
         ]
 
     def _generate_examples(self, path: str, prefix: str):
-        multi_label = SUBSETS[self.config.subset]["task"] == MULTI_LABEL
+        multi_label = self._subset["task"] == MULTI_LABEL
+        pixels = "volume" if self._is_3d else "image"
         with np.load(path) as npz:
             images, labels = npz[f"{prefix}_images"], npz[f"{prefix}_labels"]
         if labels.ndim == 1 and not multi_label:  # re-saved copies may keep (N,) labels instead of (N, 1)
@@ -86,6 +102,6 @@ class MedMNIST(MedicalBuilder):
             )
         for index, (image, label) in enumerate(zip(images, labels)):
             if multi_label:
-                yield index, {"image": image, "labels": np.flatnonzero(label).tolist()}
+                yield index, {pixels: image, "labels": np.flatnonzero(label).tolist()}
             else:
-                yield index, {"image": image, "label": int(label[0])}
+                yield index, {pixels: image, "label": int(label[0])}

@@ -102,6 +102,40 @@ SUBSETS = {
     },
 }
 
+# The six 3-D subsets (28³ and 64³ voxels, one channel), from the same medmnist 3.0.2 table.
+SUBSETS_3D = {
+    "organmnist3d": {
+        "task": 'multi-class', "n_channels": 1, "n_samples": {'train': 971, 'val': 161, 'test': 610}, "license": 'CC BY 4.0',
+        "labels": ['liver', 'kidney-right', 'kidney-left', 'femur-right', 'femur-left', 'bladder', 'heart', 'lung-right', 'lung-left', 'spleen', 'pancreas'],
+        "md5": {28: "a0c5a1ff56af4f155c46d46fbb45a2fe", 64: "58a2205adf14a9d0a189cb06dc78bf10"},
+    },
+    "nodulemnist3d": {
+        "task": 'binary-class', "n_channels": 1, "n_samples": {'train': 1158, 'val': 165, 'test': 310}, "license": 'CC BY 4.0',
+        "labels": ['benign', 'malignant'],
+        "md5": {28: "8755a7e9e05a4d9ce80a24c3e7a256f3", 64: "c47c5b7d457bf6332200d2ea6d64ecd8"},
+    },
+    "adrenalmnist3d": {
+        "task": 'binary-class', "n_channels": 1, "n_samples": {'train': 1188, 'val': 98, 'test': 298}, "license": 'CC BY 4.0',
+        "labels": ['normal', 'hyperplasia'],
+        "md5": {28: "bbd3c5a5576322bc4cdfea780653b1ce", 64: "17721accfe9fb005146a47d33bc54b2f"},
+    },
+    "fracturemnist3d": {
+        "task": 'multi-class', "n_channels": 1, "n_samples": {'train': 1027, 'val': 103, 'test': 240}, "license": 'CC BY 4.0',
+        "labels": ['buckle rib fracture', 'nondisplaced rib fracture', 'displaced rib fracture'],
+        "md5": {28: "6aa7b0143a6b42da40027a9dda61302f", 64: "f01d7e6316aedf4210da0da5b7437b42"},
+    },
+    "vesselmnist3d": {
+        "task": 'binary-class', "n_channels": 1, "n_samples": {'train': 1335, 'val': 191, 'test': 382}, "license": 'CC BY 4.0',
+        "labels": ['vessel', 'aneurysm'],
+        "md5": {28: "b41fd4f7e7e2feedddb201585ecafa1b", 64: "6bb274a8846e1097066dcd64e2c4520f"},
+    },
+    "synapsemnist3d": {
+        "task": 'binary-class', "n_channels": 1, "n_samples": {'train': 1230, 'val': 177, 'test': 352}, "license": 'CC BY 4.0',
+        "labels": ['inhibitory synapse', 'excitatory synapse'],
+        "md5": {28: "1235b78a3cd6280881dd7850a78eadb6", 64: "43bd14ebf3af9d3dd072446fedc14d5e"},
+    },
+}
+
 
 def filename(subset: str, size: int) -> str:
     return f"{subset}.npz" if size == 28 else f"{subset}_{size}.npz"

@@ -22,7 +22,7 @@ REPOS = {"mednet/gray": "gray", "mednet/color": "color"}
 # The modules a saved checkpoint carries for `trust_remote_code` (what `save_pretrained` copies).
 REMOTE_CODE = ("configuration_mednet.py", "modeling_mednet.py", "image_processing_mednet.py", "medical_io.py",
                "medical_image.py", "phi.py", "dicom.py", "dicom_series.py", "nifti.py", "pil_image.py",
-               "intensity.py", "pil_plugin.py")
+               "intensity.py", "pil_plugin.py", "volumes.py", "conversion_3d.py")
 
 
 def snapshot_files(variant: str) -> list[Path]:

@@ -40,6 +40,9 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
         drop_path_rate (`float`, defaults to 0.0): stochastic depth inside the timm network.
         model_args (`dict`, *optional*): extra keyword arguments for `timm.create_model` (`in_chans`, `drop_rate`
             and `drop_path_rate` are filled in from the fields above).
+        spatial_dims (`int`, defaults to 2): 3 builds MedNet-3D, the 2-D timm network converted module by module for
+            volumes `(batch, C, D, H, W)` (`conversion_3d.py`); timm itself cannot build such a checkpoint.
+        conversion (`str`, *optional*): how, for `spatial_dims=3`: `"acs"` (default), `"i3d"` or `"2.5d"`.
         out_features / out_indices (*optional*): stages `MedNetBackbone` returns (default: the last one).
         stage_names / hidden_sizes / num_features (*optional*): filled in from timm's `feature_info` when a model is
             built; the names and widths of the stages and the width of `pooler_output`.
@@ -66,6 +69,8 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
         hidden_sizes: list[int] | None = None,
         num_features: int | None = None,
         initializer_range: float = 0.02,
+        spatial_dims: int = 2,
+        conversion: str | None = None,
         **kwargs,
     ):
         # Written for timm, derived on load: the head's width follows num_labels and the class.
@@ -77,6 +82,15 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
         super().__init__(**kwargs)
         if variant not in VARIANTS:
             raise ValueError(f"MedNetConfig: variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"MedNetConfig: spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if spatial_dims == 3:
+            conversion = conversion or "acs"
+            if conversion not in ("acs", "i3d", "2.5d"):
+                raise ValueError(f"MedNetConfig: conversion must be 'acs', 'i3d' or '2.5d', got {conversion!r}")
+        elif conversion is not None:
+            raise ValueError("MedNetConfig: conversion applies to spatial_dims=3 only")
+        self.spatial_dims, self.conversion = spatial_dims, conversion
         defaults = VARIANTS[variant]
         channels = defaults["num_channels"]
         requested = model_args.get("in_chans", num_channels if num_channels is not None else channels)
@@ -86,7 +100,7 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
         self.variant = variant
         cfg = dict(pretrained_cfg or {})
         size = int(image_size if image_size is not None else cfg.get("input_size", [channels, 224, 224])[-1])
-        cfg["input_size"] = [channels, size, size]
+        cfg["input_size"] = [channels, *[size] * spatial_dims]
         cfg["mean"] = list(image_mean if image_mean is not None else cfg.get("mean", defaults["image_mean"]))
         cfg["std"] = list(image_std if image_std is not None else cfg.get("std", defaults["image_std"]))
         cfg["crop_pct"] = float(crop_pct if crop_pct is not None else cfg.get("crop_pct", 1.0))
@@ -132,7 +146,7 @@ class MedNetConfig(BackboneConfigMixin, PreTrainedConfig):
         """Fine-tuning at another size (`from_pretrained(..., image_size=64)`): the model and its processor follow."""
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"MedNetConfig: image_size must be a positive whole number, got {size!r}")
-        self.pretrained_cfg["input_size"] = [self.num_channels, size, size]
+        self.pretrained_cfg["input_size"] = [self.num_channels, *[size] * self.spatial_dims]
 
     @property
     def image_mean(self) -> list[float]:

@@ -17,6 +17,7 @@ import torch
 from .loading import load_for_use
 
 logger = logging.getLogger(__name__)
+MIN_SIDE = 16  # the smallest height and width the exported graph takes (ResNet reduces by 32 and pads)
 
 
 class _Outputs(torch.nn.Module):
@@ -32,10 +33,21 @@ class _Outputs(torch.nn.Module):
         return output.logits if self.name == "logits" else output.pooler_output
 
 
+def _export(wrapped, example, path: Path, opset, dynamic: dict) -> None:
+    """The dynamo exporter with `dynamic` dimensions ({axis: name}) of the input."""
+    shapes = {axis: torch.export.Dim(name, min=MIN_SIDE if axis > 0 else 1, max=65536) for axis, name in dynamic.items()}
+    program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset, external_data=False,
+                                dynamic_shapes={"pixel_values": shapes}, input_names=["pixel_values"],
+                                output_names=[wrapped.name])
+    program.save(str(path))
+
+
 def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
-    """Export `model` (a saved MedNet folder or Hub id) to `output_dir/model.onnx` with a dynamic batch size and save
-    its config and processor there. Returns {"path", "output", "exporter"}; `exporter` says whether the dynamo
-    exporter was used or, if it failed, the TorchScript one (with a warning saying why)."""
+    """Export `model` (a saved MedNet folder or Hub id) to `output_dir/model.onnx` with a dynamic batch size, and a
+    dynamic height and width where the network allows them (a CNN with a global pool does), and save its config and
+    processor there. Returns {"path", "output", "exporter", "dynamic"}: `exporter` says whether the dynamo exporter
+    was used or, if it failed, the TorchScript one (with a warning saying why); `dynamic` which input dimensions
+    may vary."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -43,30 +55,35 @@ def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
         raise ValueError(f"ONNX export needs the onnx extra: pip install 'mednet-hf[onnx]' ({e})") from None
     loaded, processor, _ = load_for_use(model, "auto", device="cpu")
     config = loaded.config
-    wrapped = _Outputs(loaded.float()).eval()
     channels, height, width = config.pretrained_cfg["input_size"]
+    if channels != config.num_channels:  # before any tracing: the graph's input would take the wrong channels
+        raise ValueError(f"{model}: config.json's pretrained_cfg.input_size has {channels} channel(s), but the "
+                         f"{config.variant} variant takes {config.num_channels}; fix the config")
+    wrapped = _Outputs(loaded.float()).eval()
     # Batch 2 as the example: torch.export specialises dimensions of size 0 and 1.
     example = torch.zeros(2, channels, height, width)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "model.onnx"
-    names = {"input_names": ["pixel_values"], "output_names": [wrapped.name]}
+    dynamic, exporter = {0: "batch", 2: "height", 3: "width"}, "dynamo"
     try:
-        program = torch.onnx.export(
-            wrapped, (example,), dynamo=True, opset_version=opset, external_data=False,
-            dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=65536)}}, **names,
-        )
-        program.save(str(path))
-        exporter = "dynamo"
-    except Exception as e:  # noqa: BLE001 - any failure of the new exporter: fall back, and say so
-        logger.warning("torch.onnx.export(dynamo=True) failed for %s (%s: %s); using the TorchScript exporter",
+        _export(wrapped, example, path, opset, dynamic)
+    except Exception as e:  # noqa: BLE001 - a size the graph depends on: keep the size fixed, and say so
+        logger.warning("%s: a dynamic height and width could not be exported (%s: %s); only the batch is dynamic",
                        model, type(e).__name__, e)
-        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset or 17,
-                          dynamic_axes={"pixel_values": {0: "batch"}, wrapped.name: {0: "batch"}}, **names)
-        exporter = "torchscript"
+        dynamic = {0: "batch"}
+        try:
+            _export(wrapped, example, path, opset, dynamic)
+        except Exception as e:  # noqa: BLE001 - any failure of the new exporter: fall back, and say so
+            logger.warning("torch.onnx.export(dynamo=True) failed for %s (%s: %s); using the TorchScript exporter",
+                           model, type(e).__name__, e)
+            torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset or 17,
+                              dynamic_axes={"pixel_values": {0: "batch"}, wrapped.name: {0: "batch"}},
+                              input_names=["pixel_values"], output_names=[wrapped.name])
+            exporter = "torchscript"
     config.save_pretrained(output_dir)  # the processor's geometry lives in config.json (pretrained_cfg)
     processor.save_pretrained(output_dir)
-    return {"path": str(path), "output": wrapped.name, "exporter": exporter}
+    return {"path": str(path), "output": wrapped.name, "exporter": exporter, "dynamic": ", ".join(dynamic.values())}
 
 
 __all__ = ["export_onnx"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
@@ -36,6 +37,7 @@ from .configuration_mednet import VARIANTS, MedNetConfig
 from .intensity import INTENSITY_MODES, resolve_window, to_unit_range
 from .medical_image import MedicalImageError
 from .medical_io import to_medical_image
+from .volumes import volume_pixel_values
 
 
 class MedNetImageProcessorKwargs(ImagesKwargs, total=False):
@@ -48,6 +50,11 @@ class MedNetImageProcessorKwargs(ImagesKwargs, total=False):
     frame (`int`): frame of a multi-frame DICOM (default: the middle one).
     slice_index (`int`) / slice_axis (`int`): slice of a NIfTI volume or DICOM series folder (default: the middle
         slice along axis 2, axial for NIfTI).
+    slice_policy (`str`): `"slice"` (2-D images, the default) or `"volume"`: whole volumes → `(batch, C, D, H, W)`
+        for MedNet-3D (`mednet_hf.volumes`); a 3-D checkpoint's processor has it from its config.
+    volume_size (`[D, H, W]`): the model's volume size (from a 3-D config's `input_size`).
+    spacing (`[D, H, W]` mm): resample volumes to this voxel spacing first, where the file gives its own.
+    label_map (`bool`): resample with nearest neighbour (masks, label maps).
     """
 
     num_channels: int
@@ -57,19 +64,26 @@ class MedNetImageProcessorKwargs(ImagesKwargs, total=False):
     frame: int | None
     slice_index: int | None
     slice_axis: int
+    slice_policy: str
+    volume_size: list[int] | None
+    spacing: list[float] | None
+    label_map: bool
 
 
 # The processor settings that `pretrained_cfg` owns, and PIL's names for timm's interpolation strings.
-GEOMETRY_KEYS = ("size", "crop_size", "image_mean", "image_std", "resample", "num_channels")
+GEOMETRY_KEYS = ("size", "crop_size", "image_mean", "image_std", "resample", "num_channels", "slice_policy", "volume_size")
 RESAMPLE = {"bilinear": PILImageResampling.BILINEAR, "bicubic": PILImageResampling.BICUBIC,
             "nearest": PILImageResampling.NEAREST}
 
 
 def geometry_from_pretrained_cfg(cfg: dict) -> dict:
-    """timm's `pretrained_cfg` → the processor's size, crop, mean/std, resample and channels."""
-    channels, height, width = cfg["input_size"]
+    """timm's `pretrained_cfg` → the processor's size, crop, mean/std, resample and channels (and, for a 3-D
+    config, whose `input_size` is `[C, D, H, W]`, the volume policy and size)."""
+    channels, *spatial = cfg["input_size"]
+    height, width = spatial[-2:]
     crop_pct = float(cfg.get("crop_pct", 1.0))
-    return {
+    volume = {"slice_policy": "volume", "volume_size": [int(v) for v in spatial]} if len(spatial) == 3 else {}
+    return volume | {
         "num_channels": int(channels),
         "size": {"shortest_edge": int(round(min(height, width) / crop_pct))},
         "crop_size": {"height": int(height), "width": int(width)},
@@ -114,6 +128,10 @@ class _MedNetProcessing:
     frame = None
     slice_index = None
     slice_axis = 2
+    slice_policy = "slice"
+    volume_size = None
+    spacing = None
+    label_map = False
     do_resize = True
     size = {"shortest_edge": 224}
     resample = PILImageResampling.BILINEAR
@@ -179,6 +197,31 @@ class _MedNetProcessing:
         if intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
         resolve_window(window)  # unknown presets fail here, before any image is read
+
+    def __call__(self, images, *args, **kwargs) -> BatchFeature:
+        if kwargs.get("slice_policy", self.slice_policy) == "volume":
+            return self.preprocess_volumes(images, **kwargs)
+        return super().__call__(images, *args, **kwargs)
+
+    def preprocess_volumes(self, volumes, return_tensors=None, **kwargs) -> BatchFeature:
+        """Volumes (a path, a `(D, H, W)` array or a `MedicalVolume`, or a list of them) → `pixel_values`
+        `(batch, C, D, H, W)`: the intensity convention, the target spacing, the model's size (`mednet_hf.volumes`)."""
+        options = {k: kwargs.get(k, getattr(self, k)) for k in
+                   ("num_channels", "image_mean", "image_std", "intensity", "window", "percentiles", "spacing",
+                    "label_map", "volume_size")}
+        self._check_settings(options["num_channels"], options["image_mean"], options["image_std"], options["intensity"],
+                             options["window"])
+        size = options.pop("volume_size") or [self.crop_size["height"]] * 3
+        if isinstance(volumes, (list, tuple)):
+            items = list(volumes)
+        elif isinstance(volumes, (np.ndarray, torch.Tensor)) and volumes.ndim == 4 and volumes.shape[0] != 1:
+            items = list(volumes)  # a batch of (D, H, W) arrays
+        else:
+            items = [volumes]
+        if not items:
+            raise MedicalImageError("empty list of volumes")
+        pixels = torch.stack([volume_pixel_values(item, size=size, **options) for item in items])
+        return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
 
     def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs) -> list:
         self._check_settings(kwargs["num_channels"], kwargs["image_mean"], kwargs["image_std"],

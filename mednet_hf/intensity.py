@@ -164,6 +164,28 @@ def to_unit_range(
     raise MedicalImageError(f"{image.source}: cannot turn {unit.shape[0]} channel(s) into {num_channels}")
 
 
+def volume_to_unit_range(array: np.ndarray, volume, intensity: str = "auto", window=None,
+                         percentiles=(0.5, 99.5)) -> np.ndarray:
+    """The convention on a whole volume `array` (depth, height, width) of `volume` (a `MedicalVolume`: its modality,
+    photometric interpretation, per-slice VOI and source): a window (explicit or a preset), else each acquired
+    slice's own DICOM VOI, as for 2-D images; else uint8 ÷ 255, else [0, 1] floats as they are, else min–max (or the
+    percentiles) over the whole volume, not slice by slice. MONOCHROME1 is inverted. float32 in [0, 1]."""
+    from .medical_image import MedicalImage
+
+    _check_finite(array, volume.source)
+    slice_voi = volume.slice_voi if volume.slice_voi and len(volume.slice_voi) == array.shape[0] else None
+    if slice_voi and intensity in ("auto", "window") and resolve_window(window) is None:
+        unit = np.stack([
+            _unit_range(MedicalImage(pixels=plane, voi=voi, modality=volume.modality, source=f"{volume.source} [slice {d}]"),
+                        intensity, None, percentiles)
+            for d, (plane, voi) in enumerate(zip(array, slice_voi))])
+    else:
+        unit = _unit_range(MedicalImage(pixels=array, modality=volume.modality, source=volume.source), intensity, window,
+                           percentiles)
+    unit = np.asarray(unit, dtype=np.float32)
+    return 1.0 - unit if volume.photometric_interpretation == "MONOCHROME1" else unit
+
+
 def to_uint8(unit):
     """[0, 1] values (a numpy array or a torch tensor) → uint8 0-255, rounded: the convention's one 8-bit form, for
     the pretraining cache, the PIL plugin's display image and the demo's view."""
@@ -175,4 +197,4 @@ def to_uint8(unit):
 
 
 __all__ = ["INTENSITY_MODES", "WINDOW_PRESETS", "apply_header_voi", "apply_window", "resolve_window", "to_uint8",
-           "to_unit_range"]
+           "to_unit_range", "volume_to_unit_range"]

@@ -27,6 +27,7 @@ from transformers.modeling_outputs import (
 from transformers.models.timm_wrapper.modeling_timm_wrapper import TimmWrapperPreTrainedModel
 
 from .configuration_mednet import VARIANTS, MedNetConfig
+from .conversion_3d import convert_to_3d, inflate_state_dict
 from .intensity import LUMA_WEIGHTS
 
 # Checkpoints hold timm's own names (`conv1.weight`); the modules live under `timm_model.`.
@@ -43,6 +44,8 @@ def _create_timm_model(config: MedNetConfig, num_classes: int) -> nn.Module:
         raise ValueError(
             f"timm's {config.architecture!r} has no feature_info/forward_intermediates; MedNet needs a timm CNN that has"
         )
+    if config.spatial_dims == 3:  # MedNet-3D: the same network, its modules converted for volumes
+        convert_to_3d(model, config.conversion)
     config.set_stages(
         stage_names=[info["module"] for info in model.feature_info],
         hidden_sizes=[info["num_chs"] for info in model.feature_info],
@@ -57,17 +60,21 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: MedNetConfig) -> tor
     the convention's channel rule; equal channels stay that gray exactly), so RGB pipelines built from the
     processor's `size`/`image_mean`/`image_std`, such as transformers' `run_image_classification.py`, work: with the
     gray variant's one mean/std on every channel, the luma of normalised channels is the normalised luma, because
-    the weights sum to 1."""
-    if pixel_values.ndim == 4 and config.num_channels == 1 and pixel_values.shape[1] == 3:
+    the weights sum to 1. MedNet-3D (`spatial_dims=3`) takes volumes `(batch, C, D, H, W)`."""
+    ndim = 2 + config.spatial_dims
+    if pixel_values.ndim == ndim and config.num_channels == 1 and pixel_values.shape[1] == 3:
         weights = torch.as_tensor(LUMA_WEIGHTS, dtype=pixel_values.dtype, device=pixel_values.device)
-        luma = torch.einsum("c,bchw->bhw", weights, pixel_values)[:, None]
+        luma = torch.einsum("c,bc...->b...", weights, pixel_values)[:, None]
         gray = ((pixel_values[:, 0] == pixel_values[:, 1]) & (pixel_values[:, 0] == pixel_values[:, 2])).flatten(1).all(1)
-        return torch.where(gray[:, None, None, None], pixel_values[:, :1], luma)
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
+        return torch.where(gray.view(-1, *[1] * (ndim - 1)), pixel_values[:, :1], luma)
+    if pixel_values.ndim != ndim or pixel_values.shape[1] != config.num_channels:
+        shape = "height, width" if config.spatial_dims == 2 else "depth, height, width"
+        three_d = config.spatial_dims == 3
+        luma = " (or 3 channels, taken as luma)" if config.num_channels == 1 else ""
         raise ValueError(
-            f"MedNet ({config.variant}) expects pixel_values of shape (batch, {config.num_channels}, height, width)"
-            f"{' (or 3 channels, taken as luma)' if config.num_channels == 1 else ''}, got {tuple(pixel_values.shape)}. "
-            "Use MedNetImageProcessor, which applies the channel policy."
+            f"MedNet ({config.variant}{', 3-D' if three_d else ''}) expects pixel_values of shape "
+            f"(batch, {config.num_channels}, {shape}){luma}, got {tuple(pixel_values.shape)}. "
+            f"Use {'MedNetVolumeProcessor' if three_d else 'MedNetImageProcessor'}, which applies the channel policy."
         )
     return pixel_values
 
@@ -93,6 +100,28 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, spatial_dims: int | None = None,
+                        conversion: str | None = None, **kwargs):
+        """transformers' `from_pretrained`; with `spatial_dims=3` (and `conversion`, default "acs") a 2-D checkpoint
+        starts MedNet-3D: its weights are loaded into the converted network, unchanged for ACS and 2.5D, inflated
+        along depth for I3D. A saved 3-D checkpoint loads as it is."""
+        if spatial_dims in (None, 2) and conversion is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        two_d = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if two_d.config.spatial_dims == spatial_dims and two_d.config.conversion == (conversion or "acs"):
+            return two_d
+        if two_d.config.spatial_dims != 2 or spatial_dims != 3:
+            raise ValueError(f"{pretrained_model_name_or_path}: a {two_d.config.spatial_dims}-D checkpoint cannot start "
+                             f"a {spatial_dims}-D model with conversion {conversion!r}; convert 2-D weights only")
+        config = copy.deepcopy(two_d.config)
+        config.spatial_dims, config.conversion = 3, conversion or "acs"
+        config.pretrained_cfg["input_size"] = [config.num_channels, *[config.image_size] * 3]
+        model = cls(config)
+        state = inflate_state_dict(two_d.timm_model.state_dict(), model.timm_model)
+        model.timm_model.load_state_dict(state)  # strict: every key of the 2-D network, nothing else
+        return model
 
     def convert_variant(self, variant: str) -> "MedNetPreTrainedModel":
         """Return a copy of this model for the other variant (`"gray"` ↔ `"color"`).

@@ -52,7 +52,9 @@ def public_name(path: str) -> str:
 
 def scrub_path(path: str, phi: set[str] = frozenset()) -> str:
     """`path` as it may be shown: parts holding one of `phi` (see `phi_values`) replaced by `phi-<hash>`, then DICOM
-    UIDs by `uid-<hash>` (`public_name`)."""
+    UIDs by `uid-<hash>` (`public_name`). A name that is not UTF-8 (a Latin-1 `café` on a UTF-8 file system) keeps
+    its bytes as `\xe9` escapes, so it can be written to a CSV and still be told apart."""
+    path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     parts = []
     for part in re.split(r"([/\\])", path):
         if phi and any(value and value.lower() in part.lower() for value in phi):

@@ -84,6 +84,9 @@ def predict(
     items, unreadable = walk(inputs)
     if strict and unreadable:
         raise ValueError(f"{unreadable[0].path}: {unreadable[0].reason}")
+    if not items:
+        found = f"; {len(unreadable)} input(s) could not be read: " + ", ".join(f"{u.path} ({u.reason})" for u in unreadable[:5]) if unreadable else ""
+        raise ValueError(f"no image, DICOM, NIfTI or series found in {', '.join(scrub_path(str(i)) for i in inputs)}{found}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pooled, rows = [], 0

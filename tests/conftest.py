@@ -1,6 +1,10 @@
 """Test settings: offline, a throw-away HF_HOME, and real data from MEDNET_DATA_DIR (default ../shared/data).
 
 Outside CI a test whose data is missing skips with the reason; under CI (CI=true) missing data fails.
+
+Two tiers, as transformers splits its tests: `python -m pytest` runs the fast tier; end-to-end tests (training runs,
+fresh interpreters, pushes to the loopback Hub, the browser) are marked `@pytest.mark.slow` and run with
+`RUN_SLOW=1` (`RUN_SLOW=1 python -m pytest` runs everything, `-m slow` only them).
 """
 
 import os
@@ -29,6 +33,30 @@ def data_path(relative: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+RUN_SLOW = os.environ.get("RUN_SLOW", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    if RUN_SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow (end-to-end) tier: set RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def finetuned(tmp_path_factory) -> dict:
+    """`mednet/gray` fine-tuned for a few steps on the real PneumoniaMNIST subset (normal / pneumonia), once per
+    test run: the `mednet finetune` record (its checkpoint in `record["export"]`, as a user's `best/`) that the
+    evaluate and demo tests use."""
+    from mednet_hf.training.finetune import finetune
+
+    out = tmp_path_factory.mktemp("finetuned")
+    return finetune("mednet/gray", "medmnist:pneumoniamnist", data_path("medmnist"), out, max_steps=3, batch_size=32,
+                    report_to="none", no_checks=True, options={"filename": "pneumoniamnist_subset.npz"})
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO_ROOT, data_path
 
 from mednet_hf.cli import main as cli_main
-from mednet_hf.training.benchmark import _command, epochs_to_reach, load_study, study_file
+from mednet_hf.training.benchmark import epochs_to_reach, load_study, study_file
 from mednet_hf.training.finetune import FinetuneArguments
 
 
@@ -20,22 +20,26 @@ def test_epochs_to_reach_the_share_of_the_best():
     assert epochs_to_reach([], 0.95) is None
 
 
-def test_recorded_command_reproduces_every_option():
-    """The command a run records parses back to the same arguments, a True-default option turned off included."""
-    import argparse
+def test_recorded_command_reproduces_every_option(monkeypatch, tmp_path):
+    """The command a run records parses back, through the command's own parser, to the same arguments: a
+    True-default option turned off, a dict option holding a non-string value, and a path under MEDNET_DATA_DIR
+    written as $MEDNET_DATA_DIR/... included."""
+    import os
     import shlex
 
-    from mednet_hf.cli import add_dataclass_arguments
+    from mednet_hf.cli import build_parser
+    from mednet_hf.options import command_line, options_from
 
+    data = tmp_path / "data"
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(data))
     arguments = FinetuneArguments(model="m", dataset="medmnist:pneumoniamnist", augment=False, no_checks=True,
-                                  label_fraction=0.1, options={"filename": "x.npz"})
-    command = _command(arguments)
-    assert "--no-augment" in command and "--no-checks" in command
-    parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, FinetuneArguments)
-    parsed = vars(parser.parse_args(shlex.split(command)[2:]))
-    parsed["options"] = dict(parsed["options"])
-    assert FinetuneArguments(**parsed) == arguments
+                                  label_fraction=0.1, options={"filename": "x.npz", "on_error": "skip", "slice_stride": 2},
+                                  data_dir=str(data / "medmnist"))
+    command = command_line("finetune", arguments)
+    assert "--no-augment" in command and "--no-checks" in command and '"$MEDNET_DATA_DIR"/medmnist' in command
+    expanded = os.path.expandvars(" ".join(shlex.split(command.replace('"$MEDNET_DATA_DIR"', "$MEDNET_DATA_DIR"))))
+    parsed = build_parser().parse_args(shlex.split(expanded)[1:])
+    assert options_from(parsed, FinetuneArguments) == arguments
 
 
 def test_packaged_studies_load_and_quick_replaces_what_it_names():
@@ -84,6 +88,12 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
     for init in ("mednet", "scratch"):
         frozen = results["frozen"]["pneumonia"][init]
         assert 0.0 <= frozen["linear_probe"]["test_auroc"] <= 1.0 and 0.0 <= frozen["knn"]["test_auroc"] <= 1.0
+        # traceable: the command that reruns it, and the digest `sha256sum` gives for the weights it started from
+        assert "--task pneumonia" in frozen["command"] and f"--init {init}" in frozen["command"]
+        assert 0 < frozen["linear_probe"]["test_auroc_bootstrap_std"] < 0.1
+    from mednet_hf.loading import file_sha256
+
+    assert results["frozen"]["pneumonia"]["mednet"]["weights_sha256"] == file_sha256(REPO_ROOT / "mednet_hf/bundled/gray/model.safetensors")
     assert results["frozen"]["pneumonia"]["mednet"]["linear_probe"]["test_auroc"] != results["frozen"]["pneumonia"]["scratch"]["linear_probe"]["test_auroc"]
     # The same study again in the same folder reuses the finished runs (same arguments) instead of repeating them.
     stamps = {run["record"]: Path(run["record"]).stat().st_mtime_ns for run in results["runs"]}
@@ -99,3 +109,26 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
                      "--init", "scratch"]) == 0
     assert scratch.stat().st_mtime_ns != stamps[str(scratch)]
     assert (scratch.parent / "start-weights.sha256").read_text() != "0" * 64
+
+
+def test_an_interrupted_study_writes_what_finished_and_keeps_no_checkpoints(tmp_path, monkeypatch):
+    """Ctrl-C (or a time limit's SIGINT) in the middle of a run: the finished runs are written, marked interrupted,
+    and the interrupted run's Trainer checkpoints (optimizer states, hundreds of MB) are gone."""
+    from mednet_hf.training import benchmark as module
+
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(data_path("")))
+    real, calls = module.finetune, []
+
+    def interrupted_second_run(arguments):
+        calls.append(arguments)
+        if len(calls) == 2:
+            (Path(arguments.output_dir) / "checkpoint-7").mkdir(parents=True)
+            (Path(arguments.output_dir) / "checkpoint-7" / "optimizer.pt").write_bytes(b"0" * 1024)
+            raise KeyboardInterrupt
+        return real(arguments)
+
+    monkeypatch.setattr(module, "finetune", interrupted_second_run)
+    results = module.benchmark("gray", tmp_path / "bench", tasks=["pneumonia"], inits=["scratch"], seeds=[0, 1],
+                               label_fractions=[0.05], finetune={"epochs": 1, "batch_size": 64})
+    assert results["interrupted"] and len(results["runs"]) == 1
+    assert not list((tmp_path / "bench").rglob("checkpoint-*"))

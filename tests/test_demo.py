@@ -13,7 +13,6 @@ import torch
 from conftest import data_path
 
 from mednet_hf.medical_io import read_dicom, read_path
-from mednet_hf.training.finetune import finetune
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
@@ -26,20 +25,11 @@ def _need(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    """`mednet/gray` fine-tuned for a few steps on PneumoniaMNIST: labels normal / pneumonia."""
-    out = tmp_path_factory.mktemp("demo-run")
-    record = finetune("mednet/gray", "medmnist:pneumoniamnist", data_path("medmnist"), out, max_steps=3, batch_size=32,
-                      report_to="none", no_checks=True, options={"filename": "pneumoniamnist_subset.npz"})
-    return record["export"]
-
-
-@pytest.fixture(scope="module")
-def explainer(finetuned):
+def explainer(finetuned):  # the session's fine-tuned checkpoint (conftest)
     from mednet_hf.demo import Explainer
 
     try:
-        return Explainer(finetuned, top_k=2)
+        return Explainer(finetuned["export"], top_k=2)
     except ImportError as e:  # grad-cam, from the demo extra
         _need(False, str(e))
 
@@ -49,8 +39,8 @@ def test_explanation_is_the_model_top_k_and_a_real_overlay(explainer, finetuned)
 
     image = read_path(data_path("dicom/CT_small.dcm"))
     shown = explainer.explain(image)
-    model = AutoModelForImageClassification.from_pretrained(finetuned).eval()
-    pixels = AutoImageProcessor.from_pretrained(finetuned)(image, return_tensors="pt")["pixel_values"]
+    model = AutoModelForImageClassification.from_pretrained(finetuned["export"]).eval()
+    pixels = AutoImageProcessor.from_pretrained(finetuned["export"])(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         probs = model(pixel_values=pixels).logits.softmax(-1)[0]
     expected = {model.config.id2label[i]: p for i, p in enumerate(probs.tolist())}
@@ -92,7 +82,7 @@ def page(finetuned):
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        app = serve(finetuned, [str(data_path("dicom/CT_small.dcm"))], top_k=2, block=False)
+        app = serve(finetuned["export"], [str(data_path("dicom/CT_small.dcm"))], top_k=2, block=False)
     except ImportError as e:  # gradio, from the demo extra
         _need(False, str(e))
     driver = _browser()

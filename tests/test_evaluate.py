@@ -4,28 +4,13 @@ import json
 import shutil
 
 import pytest
-import torch
 from conftest import data_path
 
-from mednet_hf import MedNetConfig, MedNetModel
 from mednet_hf.cli import main as cli_main
 from mednet_hf.evaluate_model import evaluate_model
-from mednet_hf.training.finetune import finetune
 
-PNEUMONIA = {"options": {"filename": "pneumoniamnist_subset.npz"}, "no_checks": True}
 # Trainer bookkeeping that differs between any two runs; everything else must be equal.
 TIMING = ("test_runtime", "test_samples_per_second", "test_steps_per_second", "epoch")
-
-
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    backbone = tmp_path_factory.mktemp("eval-backbone")
-    torch.manual_seed(0)
-    MedNetModel(MedNetConfig(architecture="resnet18", image_size=28)).save_pretrained(backbone)
-    out = tmp_path_factory.mktemp("eval-run")
-    record = finetune(str(backbone), "medmnist:pneumoniamnist", data_path("medmnist"), out, max_steps=2, batch_size=32,
-                      report_to="none", **PNEUMONIA)
-    return record
 
 
 def test_evaluate_matches_the_finetune_test_block(finetuned, tmp_path, capsys):

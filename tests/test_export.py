@@ -1,6 +1,7 @@
 """`mednet export --format onnx`: ONNX Runtime agrees with PyTorch on real images, at any batch size."""
 
 import numpy as np
+import pytest
 import onnxruntime as ort  # the onnx extra is part of dev: a missing install must fail here, not skip
 import torch
 from conftest import data_path
@@ -25,7 +26,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(tmp_path, capsys):
     MedNetImageProcessor.from_model_config(config, window="lung").save_pretrained(model_dir)
 
     assert cli_main(["export", "--model", str(model_dir), "--format", "onnx", "--output-dir", str(onnx_dir)]) == 0
-    assert "dynamic batch" in capsys.readouterr().out
+    assert "dynamic batch, height, width" in capsys.readouterr().out
     assert {"model.onnx", "config.json", "preprocessor_config.json"} <= {p.name for p in onnx_dir.iterdir()}
 
     # The processor saved beside the graph prepares the inputs exactly as the model's own one.
@@ -44,6 +45,15 @@ def test_onnx_runtime_matches_pytorch_on_real_images(tmp_path, capsys):
         assert got.shape == (batch, 4) and got.dtype == np.float32
         assert np.abs(got - expected[:batch]).max() <= 1e-4
     assert np.abs(expected).max() > 1e-2  # not a trivial all-zero comparison
+    # Height and width are dynamic too: a user's images at another size run as in PyTorch.
+    for side in (48, 96):
+        other = torch.nn.functional.interpolate(pixels[:2], size=(side, side), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            reference = model(pixel_values=other).logits.numpy()
+        assert np.abs(session.run(None, {"pixel_values": other.numpy()})[0] - reference).max() <= 1e-4
+    # The wrong number of channels is refused by the graph with the input's name and the dimension it expects.
+    with pytest.raises(Exception, match=r"pixel_values.*index: 1 Got: 3 Expected: 1|Got: 3.*Expected: 1"):
+        session.run(None, {"pixel_values": np.zeros((1, 3, 64, 64), np.float32)})
 
 
 def test_export_refuses_a_folder_that_is_not_mednet(tmp_path, capsys):

@@ -28,12 +28,15 @@ RANKS = {
     "mednet_hf.builders": 2,
     "mednet_hf.intensity": 2,
     "mednet_hf.pil_plugin": 3,
+    "mednet_hf.volumes": 3,  # volumes → (C, D, H, W): reader, intensity, spacing, size
     "mednet_hf.configuration_mednet": 3,
     "mednet_hf.data": 3,
     "mednet_hf.image_processing_mednet": 4,
+    "mednet_hf.conversion_3d": 5,  # the 2-D timm network → MedNet-3D, module by module
     "mednet_hf.modeling_mednet": 5,
     "mednet_hf.metrics": 6,
     "mednet_hf.loading": 6,  # where a saved model lives and how it loads for use
+    "mednet_hf.options": 6,  # options as dataclasses: parsed (HfArgumentParser) and written back as a command line
     "mednet_hf.training": 7,
     "mednet_hf.model_card": 8,
     "mednet_hf.hub": 8,
@@ -42,9 +45,11 @@ RANKS = {
     "mednet_hf.export": 8,
     "mednet_hf.demo": 8,  # the web demo, built on predict's loading and scoring
     "mednet_hf.registration": 9,
+    "mednet_hf.commands": 10,  # one module per command group, and the registry
     "mednet_hf.cli": 10,
 }
 SOURCES = {"mednet_hf": REPO_ROOT / "mednet_hf", "mednet_hf.builders": REPO_ROOT / "dataset_scripts",
+           "mednet_hf.commands": REPO_ROOT / "mednet_hf" / "commands",
            "mednet_hf.training": REPO_ROOT / "training", "mednet_hf.metrics": REPO_ROOT / "mednet_hf" / "metrics"}
 
 
@@ -104,7 +109,7 @@ def test_the_model_never_imports_the_processor_and_hub_never_the_builders():
     graph = {name: {_resolve(t) for t in _imports(name, path)} for name, path in _modules()}
     assert "mednet_hf.image_processing_mednet" not in graph["mednet_hf.modeling_mednet"]
     assert not {"mednet_hf.builders", "mednet_hf.data"} & graph["mednet_hf.hub"]
-    core = [n for n in graph if not n.startswith(("mednet_hf.training", "mednet_hf.cli"))]
+    core = [n for n in graph if not n.startswith(("mednet_hf.training", "mednet_hf.cli", "mednet_hf.commands"))]
     assert not [n for n in core if any(t.startswith("mednet_hf.training") for t in graph[n])]
     assert not [n for n in graph if n.startswith("mednet_hf.builders") and "mednet_hf" in graph[n]]
 

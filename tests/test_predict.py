@@ -1,7 +1,9 @@
 """`mednet predict` on real DICOM, chest X-ray and NIfTI files: rows, unreadable files, pipeline parity, no PHI."""
 
 import csv
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +153,26 @@ def test_bad_options_name_the_problem(model_dir, tmp_path):
         predict(str(model_dir), [data_path("cxr")], tmp_path / "p.csv", slice_stride=0)
     with pytest.raises(ValueError, match="no inputs"):
         predict(str(model_dir), [], tmp_path / "p.csv")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped_and_loses_nothing(model_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(data_path("cxr/00000001_000.png"), folder / "plain.png")
+    latin1 = os.fsdecode(bytes(folder) + b"/caf\xe9_latin1.png")  # a Latin-1 name on a UTF-8 file system
+    shutil.copy(data_path("cxr/00000001_000.png"), latin1)
+    out = tmp_path / "p.csv"
+    assert cli_main(["predict", "--model", str(model_dir), str(folder), "--output", str(out), "--features",
+                     str(tmp_path / "f.safetensors")]) == 0
+    with out.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(Path(r["path"]).name for r in rows) == ["caf\\xe9_latin1.png", "plain.png"]
+    assert rows[0]["probability_1"] == rows[1]["probability_1"]  # the same pixels
+    assert load_file(str(tmp_path / "f.safetensors"))["features"].shape[0] == 2
+
+
+def test_an_empty_folder_is_an_error_that_says_nothing_was_found(model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["predict", "--model", str(model_dir), str(tmp_path / "empty"), "--output", str(tmp_path / "p.csv")]) == 2
+    assert "no image, DICOM, NIfTI or series found in" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()

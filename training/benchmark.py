@@ -14,7 +14,6 @@ against label fraction per task) and `convergence.png` (validation AUROC per epo
 """
 
 import json
-import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from mednet_hf.data import load_dataset_spec, medical_transform
 from mednet_hf.loading import load_for_use, weights_sha256
+from mednet_hf.options import command_line, portable_path
 from mednet_hf.metrics import classification_metrics
 
 from .finetune import FinetuneArguments, finetune
@@ -154,21 +154,27 @@ def acceleration(mednet: list[dict], scratch: list[dict]) -> dict | None:
     return {"scratch_best_auroc": best, "scratch_epoch": scratch_epoch, "mednet_epoch": mednet_epoch}
 
 
-def _command(arguments: FinetuneArguments) -> str:
-    """The `mednet finetune` command line that reproduces a run."""
-    parts = ["mednet", "finetune"]
-    defaults = FinetuneArguments(model="", dataset="")
-    for spec in fields(FinetuneArguments):
-        value = getattr(arguments, spec.name)
-        flag = spec.metadata.get("flag", "--" + spec.name.replace("_", "-"))
-        if spec.name in ("model", "dataset") or value != getattr(defaults, spec.name):
-            if isinstance(value, bool):  # only differing values get here: --flag, or --no-flag for a default of True
-                parts += [flag if value else "--no-" + flag.removeprefix("--")]
-            elif isinstance(value, dict):
-                parts += [x for key, v in value.items() for x in (flag, f"{key}={v}")]
-            else:
-                parts += [flag, str(value)]
-    return shlex.join(parts)
+@dataclass
+class BenchmarkArguments:
+    """The options of `mednet benchmark`."""
+
+    study: str = field(metadata={"help": "gray, color (the packaged studies) or a study YAML file"})
+    output_dir: str = field(metadata={"help": "where results.json, results.md, the plots and the runs go"})
+    quick: bool = field(default=False, metadata={"help": "the study's quick block: one seed, a few epochs (minutes on a CPU)"})
+    model: str | None = field(default=None, metadata={"help": "the release to study (default: the study's, e.g. mednet/gray)"})
+    tasks: list[str] | None = field(default=None, metadata={"help": "run only these tasks (repeatable)", "aliases": ["--task"], "action": "extend"})
+    inits: list[str] | None = field(default=None, metadata={
+        "help": "initialisations (repeatable)", "aliases": ["--init"], "action": "extend", "choices": ["mednet", "scratch", "imagenet"]})
+    label_fractions: list[float] | None = field(default=None, metadata={"help": "label fractions (repeatable)", "aliases": ["--label-fraction"], "action": "extend"})
+    seeds: list[int] | None = field(default=None, metadata={"help": "seeds (repeatable)", "aliases": ["--seed"], "action": "extend"})
+    image_size: int | None = field(default=None, metadata={"help": "fine-tune and probe at this size (default: each model's own)"})
+
+
+
+def _study_command(study_path, output_dir, quick: bool, task: str, init: str, study: Study) -> str:
+    arguments = BenchmarkArguments(study=str(study_path), output_dir=str(output_dir), quick=quick, model=study.model,
+                                   tasks=[task], inits=[init], image_size=study.finetune.get("image_size"))
+    return command_line("benchmark", arguments)
 
 
 def run_finetune(study: Study, task: Task, init: str, model: str, fraction: float, seed: int, output_dir: Path) -> dict:
@@ -199,7 +205,7 @@ def run_finetune(study: Study, task: Task, init: str, model: str, fraction: floa
         "epochs_to_95": epochs_to_reach(record["history"], study.convergence),
         "history": [{"epoch": e["epoch"], "eval_auroc": e["eval_auroc"]} for e in record["history"]],
         "train_rows": record["train_rows"], "seconds": record["seconds"],
-        "command": _command(arguments), "record": str(output_dir / "results.json"), "weights_sha256": weights,
+        "command": command_line("finetune", arguments), "record": str(output_dir / "results.json"), "weights_sha256": weights,
     }
 
 
@@ -317,11 +323,16 @@ def markdown(results: dict) -> str:
     for row in results["summary"]:
         lines.append(f"| {row['task']} | {row['domain']} | {row['init']} | {row['label_fraction']:.0%} | {_cell(row['test_auroc'])} | "
                      f"{_cell(row['test_accuracy'])} | {_cell(row['epochs_to_95'])} |")
-    lines += ["", "## Frozen features (100% labels, test split)", "", "| task | init | linear probe AUROC | kNN AUROC | linear probe acc. | kNN acc. |",
-              "|---|---|---:|---:|---:|---:|"]
+    lines += ["", "## Frozen features (100% labels, test split; ± the bootstrap standard deviation over resampled test sets)", "",
+              "| task | init | linear probe AUROC | kNN AUROC | linear probe acc. | kNN acc. |", "|---|---|---:|---:|---:|---:|"]
+
+    def auroc(m: dict) -> str:
+        spread = m.get("test_auroc_bootstrap_std")
+        return f"{m['test_auroc']:.3f}" + (f" ± {spread:.3f}" if spread else "")
+
     for task, by_init in results["frozen"].items():
         for init, m in by_init.items():
-            lines.append(f"| {task} | {init} | {m['linear_probe']['test_auroc']:.3f} | {m['knn']['test_auroc']:.3f} | "
+            lines.append(f"| {task} | {init} | {auroc(m['linear_probe'])} | {auroc(m['knn'])} | "
                          f"{m['linear_probe']['test_accuracy']:.3f} | {m['knn']['test_accuracy']:.3f} |")
     if results.get("acceleration"):
         lines += ["", "## Convergence against scratch's best (validation AUROC)", "",
@@ -438,14 +449,20 @@ def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = 
             for task, init, fraction, seed in plan:
                 progress.set_postfix_str(f"{task.name} {init} {fraction:.0%} seed {seed}")
                 run_dir = output_dir / "runs" / f"{task.name}-{init}-{fraction:g}-seed{seed}"
-                runs.append(run_finetune(study, task, init, inits[init], fraction, seed, run_dir))
-                for weights in [*run_dir.glob("checkpoint-*"), run_dir / "best"]:  # its command rebuilds them; disks are finite
-                    shutil.rmtree(weights, ignore_errors=True)
+                try:
+                    runs.append(run_finetune(study, task, init, inits[init], fraction, seed, run_dir))
+                finally:  # also when interrupted: its command rebuilds them, and optimizer states are large
+                    for weights in [*run_dir.glob("checkpoint-*"), run_dir / "best"]:
+                        shutil.rmtree(weights, ignore_errors=True)
                 progress.update(1)
             for task in study.tasks:
                 for init, model in inits.items():
                     progress.set_postfix_str(f"{task.name} {init} frozen features")
-                    frozen.setdefault(task.name, {})[init] = frozen_features(study, task, model)
+                    frozen.setdefault(task.name, {})[init] = frozen_features(study, task, model) | {
+                        # what reproduces it: the study, narrowed to this task and initialisation (deterministic:
+                        # the probe and kNN have no seed), from these weights
+                        "command": _study_command(study_path, output_dir, quick, task.name, init, study),
+                        "model": portable_path(str(model)), "weights_sha256": weights_sha256(model)}
                     progress.update(1)
             if study.dense:
                 from .dense import drive_dice
@@ -470,4 +487,4 @@ def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = 
     return results
 
 
-__all__ = ["Study", "Task", "acceleration", "benchmark", "epochs_to_reach", "load_study", "study_file", "summarise", "summarise_acceleration"]
+__all__ = ["BenchmarkArguments", "Study", "Task", "acceleration", "benchmark", "epochs_to_reach", "load_study", "study_file", "summarise", "summarise_acceleration"]

@@ -167,7 +167,7 @@ class FinetuneArguments:
                                                            "made on the device in batches"})
     hflip: bool = field(default=False, metadata={"help": "also flip left-right (off: laterality matters in radiographs)"})
     no_checks: bool = field(default=False, metadata={"help": "accept data files whose md5 differs from the official one"})
-    options: dict = field(default_factory=dict, metadata={"help": "dataset builder option, e.g. filename=x.npz", "flag": "--option"})
+    options: dict = field(default_factory=dict, metadata={"help": "dataset builder option, e.g. filename=x.npz", "aliases": ["--option"]})
     report_to: str = field(default="tensorboard", metadata={"help": "Trainer loggers: tensorboard, none, ..."})
 
 

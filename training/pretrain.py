@@ -21,12 +21,12 @@ import platform
 import shutil
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import timm
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from safetensors import safe_open
@@ -48,6 +48,16 @@ STREAMS_FILE = "streams-rank{rank}.json"  # per process: where its part of each 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names it and what is wrong."""
+
+
+class PeerLostError(ValueError):
+    """Another process of a distributed run (another node) died or stopped answering; the message says how to go on."""
+
+
+def _lost_a_peer(error: BaseException) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, torch.distributed.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe"))
 
 
 class DivergedError(ValueError):
@@ -128,17 +138,28 @@ def _validate_checkpoint(path: Path) -> dict:
 
 
 def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int, streams: dict) -> Path:
+    """Written into `.tmp-step-N` and renamed into place: a checkpoint under its final name is always complete, and
+    a write that fails (a full disk) leaves the previous ones as they were and stops the run, saying so."""
     root = output_dir / "checkpoints"
     final, tmp = root / f"step-{state['step']:08d}", root / f".tmp-step-{state['step']:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if streams:
-        (tmp / STREAMS_FILE.format(rank=accelerator.process_index)).write_text(json.dumps(streams))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if streams:
+            (tmp / STREAMS_FILE.format(rank=accelerator.process_index)).write_text(json.dumps(streams))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    except OSError as e:  # ENOSPC, EFBIG, EDQUOT ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = _checkpoints(output_dir)
+        raise CheckpointError(
+            f"the checkpoint of step {state['step']} could not be written to {tmp} ({type(e).__name__}: "
+            f"{e.strerror or e}); {f'the previous one, {previous[-1]}, is intact' if previous else 'no earlier checkpoint exists'}. "
+            "Free some space, then resume with --resume") from e
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # atomic: a checkpoint folder under its final name is always complete
         for old in _checkpoints(output_dir)[:-keep]:
@@ -250,12 +271,16 @@ class Segment:
 def pretrain(recipe_path, output_dir, resume: str | None = None, **overrides) -> dict:
     """Run a recipe. `resume`: `"latest"` (the newest checkpoint in `output_dir`) or a checkpoint folder.
     Returns (and writes to `output_dir/results.json`) the run record."""
+    # Accelerate keeps one state per process, which an earlier run here (a notebook, a study, the Trainer of a
+    # fine-tuning) set with its own precision: a single process starts from a clean one, and leaves one. Launched
+    # runs (torchrun) run once per process and keep theirs.
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if single:
+        AcceleratorState._reset_state(reset_partial_state=True)
     try:
         return _pretrain(recipe_path, output_dir, resume, **overrides)
     finally:
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            # Accelerate keeps one state per process: a later run in this process (a notebook, a study) may then
-            # use another precision. Launched runs (torchrun) run once per process and keep theirs.
+        if single:
             AcceleratorState._reset_state(reset_partial_state=True)
 
 
@@ -289,13 +314,19 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
         log_with="tensorboard",
         project_dir=str(output_dir),
         # Every parameter gets a gradient every step (the supervised loss is masked, not branched).
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        # A process that waits for a lost one gives up after `collective_timeout` seconds instead of gloo's and
+        # NCCL's default half hour.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False),
+                         InitProcessGroupKwargs(timeout=timedelta(seconds=recipe.collective_timeout))],
         # `steps` counts optimizer steps whatever the number of processes, so the schedule advances once per step
         # (Accelerate's default steps it once per process).
         step_scheduler_with_optimizer=False,
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:  # what a write killed half-way left: never a checkpoint, only disk space
+        for stale in (output_dir / "checkpoints").glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     datas = {}
     try:
         with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
@@ -416,6 +447,14 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
                                 | {"lr": scheduler.get_last_lr()[0], "images_per_second": rate, "image_size": size}, step=step)
             if checkpointing:
                 _save_checkpoint(accelerator, output_dir, state(), recipe.keep_checkpoints, data.state_dict())
+    except RuntimeError as e:  # gloo / NCCL: a peer process or node is gone, or stopped answering
+        if world > 1 and _lost_a_peer(e):
+            last = _checkpoints(output_dir)
+            raise PeerLostError(
+                f"process {rank} of {world} lost contact with the others at step {step + 1} ({type(e).__name__}: "
+                f"{str(e).strip()[:300]}); the last complete checkpoint is {last[-1] if last else 'none'}. "
+                "Restart every process (on every node) with --resume") from e
+        raise
     finally:  # a streamed source's reader thread stops also when a step raises or the user presses Ctrl-C
         for held in datas.values():
             held.close()
@@ -461,4 +500,4 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     return record
 
 
-__all__ = ["CheckpointError", "DivergedError", "auto_precision", "build_model", "describe_init", "pretrain"]
+__all__ = ["CheckpointError", "DivergedError", "PeerLostError", "auto_precision", "build_model", "describe_init", "pretrain"]

@@ -71,6 +71,11 @@ class Recipe:
         metadata={"help": "where each source's decoded uint8 images are cached (default: <datasets cache>/mednet_pretrain)"},
     )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between atomic checkpoints"})
+    collective_timeout: int = field(
+        default=300,
+        metadata={"help": "seconds a process waits for the others (several processes or nodes) before it stops with "
+                          "an error naming the step; torch's default is 30 minutes"},
+    )
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
     log_every: int = field(default=10, metadata={"help": "steps between logged losses"})
     stream_chunk_rows: int = field(
@@ -173,7 +178,8 @@ def load_recipe(path, **overrides) -> Recipe:
     recipe.image_size_schedule = [list(e) for e in schedule]
     if schedule and any(s.streaming for s in recipe.sources):
         _fail(path, "image_size_schedule cannot be used with streamed sources (they are decoded at one size)")
-    for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "stream_chunk_rows", "image_size"):
+    for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "stream_chunk_rows",
+                "image_size", "collective_timeout"):
         value = getattr(recipe, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             _fail(path, f"{key} must be a whole number of at least 1, got {value!r}")
