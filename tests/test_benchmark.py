@@ -58,6 +58,7 @@ def test_unknown_study_keys_are_refused(tmp_path):
         load_study(path)
 
 
+@pytest.mark.slow
 def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDNET_DATA_DIR", str(data_path("")))
     study = yaml.safe_load((REPO_ROOT / "training/configs/benchmark_gray.yaml").read_text())
@@ -111,6 +112,7 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
     assert (scratch.parent / "start-weights.sha256").read_text() != "0" * 64
 
 
+@pytest.mark.slow
 def test_an_interrupted_study_writes_what_finished_and_keeps_no_checkpoints(tmp_path, monkeypatch):
     """Ctrl-C (or a time limit's SIGINT) in the middle of a run: the finished runs are written, marked interrupted,
     and the interrupted run's Trainer checkpoints (optimizer states, hundreds of MB) are gone."""

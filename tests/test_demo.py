@@ -14,6 +14,8 @@ from conftest import data_path
 
 from mednet_hf.medical_io import read_dicom, read_path
 
+pytestmark = pytest.mark.slow  # end to end: RUN_SLOW=1
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 

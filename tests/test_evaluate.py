@@ -9,6 +9,8 @@ from conftest import data_path
 from mednet_hf.cli import main as cli_main
 from mednet_hf.evaluate_model import evaluate_model
 
+pytestmark = pytest.mark.slow  # end to end: RUN_SLOW=1
+
 # Trainer bookkeeping that differs between any two runs; everything else must be equal.
 TIMING = ("test_runtime", "test_samples_per_second", "test_steps_per_second", "epoch")
 

@@ -12,6 +12,7 @@ from mednet_hf.cli import main as cli_main
 IMAGES = ["dicom/CT_small.dcm", "cxr/00000001_000.png", "dicom/MR_small.dcm", "cxr/Fake_MONOHR1.dcm", "nifti/anatomical.nii"]
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch_on_real_images(tmp_path, capsys):
     model_dir, onnx_dir = tmp_path / "model", tmp_path / "onnx"
     torch.manual_seed(0)

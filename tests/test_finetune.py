@@ -28,6 +28,7 @@ def backbone(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_short_finetune_beats_chance_and_reports_test_metrics(backbone, tmp_path, capsys):
     out = tmp_path / "run"
     code = cli_main(["finetune", "--model", str(backbone), *PNEUMONIA, "--data-dir", str(data_path("medmnist")),
@@ -69,6 +70,7 @@ def test_tensorized_split_is_exactly_the_processor_output():
     assert torch.equal(batch["labels"], expected["labels"][[3, 0, 69]])
 
 
+@pytest.mark.slow
 def test_augmentation_is_seeded_and_can_be_turned_off(backbone, tmp_path):
     """Same seed, same run (the new head and the views are seeded), whatever the global generator held before;
     --no-augment trains on other inputs."""
@@ -84,6 +86,7 @@ def test_augmentation_is_seeded_and_can_be_turned_off(backbone, tmp_path):
     assert losses["a"] == losses["b"] and losses["a"] != losses["off"]
 
 
+@pytest.mark.slow
 def test_linear_probe_keeps_the_backbone(backbone, tmp_path):
     record = finetune(str(backbone), "medmnist:pneumoniamnist", data_path("medmnist"), tmp_path / "probe",
                       linear_probe=True, max_steps=6, batch_size=32, label_fraction=0.2, no_checks=True,
@@ -128,6 +131,7 @@ def _image_folder(root, counts: dict, split_counts: dict | None = None):
     return root
 
 
+@pytest.mark.slow
 def test_last_training_batch_of_one_image_trains(backbone, tmp_path, capsys):
     """18 training images at --batch-size 17 leave a last batch of one, which BatchNorm cannot train on: the run
     drops that batch (a different image each epoch) instead of stopping with BatchNorm's error."""

@@ -6,14 +6,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import data_path, run_cli
 
 from mednet_hf.data import load_medical_dataset
+
+pytestmark = pytest.mark.slow  # end to end: RUN_SLOW=1
 
 READ_BACK = """
 import hashlib, json, sys
 import numpy as np
 from datasets import load_dataset
+
 ds = load_dataset(sys.argv[1])
 out = {}
 for split, part in ds.items():

@@ -28,6 +28,7 @@ def _folder(root, source: str, classes: tuple[str, ...], per_class: int = 12):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,source,classes", [
     ("gray", "brain_mri/train", ("glioma", "notumor")),
     ("color", "histo_lc25000", ("lung_aca", "lung_n")),

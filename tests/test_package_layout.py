@@ -114,6 +114,7 @@ def test_the_model_never_imports_the_processor_and_hub_never_the_builders():
     assert not [n for n in graph if n.startswith("mednet_hf.builders") and "mednet_hf" in graph[n]]
 
 
+@pytest.mark.slow
 def test_importing_a_builder_loads_no_torch_and_writes_no_cache(tmp_path):
     home = tmp_path / "hf-home"
     code = ("import sys, mednet_hf.builders, mednet_hf.builders.medical_imagefolder; "
@@ -131,6 +132,7 @@ def test_importing_a_builder_loads_no_torch_and_writes_no_cache(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "MedNetConfig"
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_one_top_level_package(tmp_path):
     """What `pip install` would put in site-packages: `mednet_hf` and nothing else (builders and training inside)."""
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),

@@ -44,6 +44,7 @@ def _env() -> dict:
     return {**os.environ, "MEDNET_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(REPO_ROOT)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "objectives",
     [
@@ -102,6 +103,7 @@ def test_one_backbone_call_per_resolution_and_a_gradient_for_every_parameter(tmp
     assert [name for name, p in model.named_parameters() if p.grad is None] == []
 
 
+@pytest.mark.slow
 def test_sources_are_decoded_once_into_a_uint8_cache_that_later_runs_reuse(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
     data_path("medmnist")
@@ -121,6 +123,7 @@ def test_sources_are_decoded_once_into_a_uint8_cache_that_later_runs_reuse(tmp_p
     assert pretraining_data(bigger).images.shape[-1] == 32 and len(decoded) == 4  # another size, another entry
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_to_compile_trains_eagerly_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
     data_path("medmnist")
@@ -147,6 +150,7 @@ def _order(out: Path) -> dict:
     return order
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_the_same_data_order(tmp_path):
     objectives = {"supervised": {"weight": 1.0}, "contrastive": {"weight": 1.0, "prototypes": 16, "local_crops": 2}}
     # fp32: bf16 on a CPU with more than one thread is not bitwise repeatable (its kernels reduce across threads in
@@ -175,6 +179,7 @@ def test_killed_run_resumes_with_the_same_data_order(tmp_path):
         assert a["final_losses"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_and_existing_runs_stop_before_training(tmp_path):
     recipe = _recipe(tmp_path, {"restoration": {"weight": 1.0}}, steps=2, checkpoint_every=2)
     out = tmp_path / "run"
@@ -261,6 +266,7 @@ def test_learning_rate_cycles_restart_and_depend_on_the_step_alone(tmp_path):
     assert long[11] < 0.03 and long[21] < 0.03  # ... and ends annealed
 
 
+@pytest.mark.slow
 def test_progressive_sizes_warm_restart_and_segments_in_the_record(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
     data_path("medmnist")
@@ -294,6 +300,7 @@ def test_progressive_sizes_warm_restart_and_segments_in_the_record(tmp_path, mon
         pretrain(recipe, tmp_path / "c", init=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.slow
 def test_a_step_with_non_finite_gradients_is_skipped_and_a_diverged_run_stops(tmp_path, monkeypatch):
     from mednet_hf.training import objectives
     from mednet_hf.training.pretrain import MAX_SKIPPED_IN_A_ROW, DivergedError
@@ -327,6 +334,7 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_a_diverged_run_stops(tm
         pretrain(_recipe(tmp_path, {"supervised": {"weight": 1.0}}, steps=20, checkpoint_every=50), tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_a_new_objective_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
     """The extension point: an objective declares the views it reads and encodes; nothing else changes."""
     from mednet_hf.training import objectives

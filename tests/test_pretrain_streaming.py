@@ -118,6 +118,7 @@ def _recipe(tmp_path: Path, name: str, sources: list, **overrides) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_streamed_rows_are_the_held_rows_split_across_processes_and_resume_exactly(pushed, tmp_path):
     streamed = _recipe(tmp_path, "streamed", [STREAMED])
     held = _recipe(tmp_path, "held", [PNEUMONIA], cache_dir=str(tmp_path / "cache"))
@@ -135,6 +136,7 @@ def test_streamed_rows_are_the_held_rows_split_across_processes_and_resume_exact
     assert out["resumed_equal"] and out["crossed_epoch"] == 1 and out["resumed_twice_equal"]
 
 
+@pytest.mark.slow
 def test_killed_run_with_a_streamed_source_resumes_with_the_same_rows(pushed, tmp_path):
     data_path("dicom_series")
     # Chunks of 16 rows: about 5.6 streamed rows a step, so the kill lands inside a chunk after the first, and the
@@ -205,6 +207,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 def test_interrupted_run_stops_its_stream_reader(pushed, tmp_path):
     recipe = _recipe(tmp_path, "interrupted", [STREAMED], steps=10, stream_chunk_rows=16)
     result = subprocess.run([sys.executable, "-c", INTERRUPTED, str(recipe), str(tmp_path / "run")], env=pushed,
@@ -239,6 +242,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_resume_after_the_branch_moved_stops_and_names_the_commit_to_pin(pushed, tmp_path):
     recipe = _recipe(tmp_path, "pinned", [STREAMED], steps=2, checkpoint_every=2, stream_chunk_rows=16)
     run = tmp_path / "run"
@@ -255,6 +259,7 @@ def test_resume_after_the_branch_moved_stops_and_names_the_commit_to_pin(pushed,
     assert (run / "checkpoints" / "step-00000004" / "streams-rank0.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_each_read_their_part_of_the_stream(pushed, tmp_path):
     recipe, out = _recipe(tmp_path, "two", [STREAMED], steps=2), tmp_path / "run"
     accelerate = Path(sys.executable).parent / "accelerate"
@@ -271,6 +276,7 @@ def test_two_processes_each_read_their_part_of_the_stream(pushed, tmp_path):
     assert [s["world"] for s in states] == [2, 2] and all(s["taken"] == 16 for s in states)
 
 
+@pytest.mark.slow
 def test_stream_errors_name_the_source(pushed, tmp_path):
     missing = _recipe(tmp_path, "missing", [{**STREAMED, "repo_id": "mednet-test/no-such-set"}])
     result = run_cli(["pretrain", "--recipe", str(missing), "--output-dir", str(tmp_path / "run")], pushed)

@@ -70,6 +70,7 @@ def _pushed(hub, repo_id: str) -> dict:
     return repo.commits[repo.branches["main"]]["files"]
 
 
+@pytest.mark.slow
 def test_pushed_image_folder_holds_no_header_or_metadata(hub, tmp_path):
     folder = tmp_path / "folder"
     renamed = rv.renamed_dicom(folder / "mr" / "export_0001.png")
@@ -126,6 +127,7 @@ def _metadata_free(data: bytes) -> bool:
         return image.format == "TIFF" and set(image.tag_v2) <= BASELINE_TIFF_TAGS
 
 
+@pytest.mark.slow
 def test_pushed_chestxray14_keeps_pixels_and_drops_png_text(hub, tmp_path):
     """The ChestX-ray14 builder stores file paths; what goes to the Hub is the pixels without the text chunks."""
     root = tmp_path / "nih"

@@ -79,6 +79,7 @@ def test_readme_results_are_the_records():
     assert block == "\n" + build_release.readme_block() and "| pneumonia | out |" in block
 
 
+@pytest.mark.slow
 def test_bundled_checkpoints_load_offline_in_a_fresh_process(tmp_path):
     image = str(data_path(XRAY))
     code = f"""
@@ -124,6 +125,7 @@ def snapshots(tmp_path_factory) -> dict:
     return install_bundled(cache_dir=tmp_path_factory.mktemp("hub-cache"))
 
 
+@pytest.mark.slow
 def test_push_then_from_pretrained_gives_the_same_model(hub, tmp_path, snapshots):
     gray = snapshots["mednet/gray"]
     pushed = run_cli(["push", "--model", str(gray), "--repo-id", "mednet-test/gray"], hub.env(tmp_path / "pusher"))
@@ -156,6 +158,7 @@ with torch.no_grad():
     assert "v0.1" in repo.branches and repo.commits[repo.branches["v0.1"]]["message"] == "release v0.1"
 
 
+@pytest.mark.slow
 def test_failed_commit_keeps_local_files_and_a_retry_succeeds(hub, tmp_path, snapshots):
     folder = tmp_path / "model"
     shutil.copytree(snapshots["mednet/color"], folder)
@@ -192,6 +195,7 @@ def _readme_commands() -> list[str]:
     return [finetune, push]
 
 
+@pytest.mark.slow
 def test_readme_finetune_then_push_works_as_written(hub, tmp_path):
     """Issue 11, item 7: the README's `mednet finetune` and then its `mednet push --model runs/.../best`, run as
     written (only the data folder and `runs/` placed in a temporary folder), publish the fine-tuned model; the

@@ -29,6 +29,7 @@ def _replace(args: list[str], flag: str, value: str) -> list[str]:
     return [*args[: at + 1], value, *args[at + 2 :]]
 
 
+@pytest.mark.slow
 def test_a_study_row_reproduces_in_a_fresh_process_from_mednet_gray(tmp_path):
     run = next(r for r in _study("gray")["runs"]
                if (r["init"], r["label_fraction"], r["seed"]) == ("mednet", 0.01, 0))

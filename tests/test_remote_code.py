@@ -1,5 +1,6 @@
 """A saved checkpoint loads with `trust_remote_code=True` in a fresh interpreter that cannot import mednet_hf."""
 
+import pytest
 import json
 
 import torch
@@ -7,6 +8,8 @@ from conftest import data_path
 from helpers import run_python
 
 from mednet_hf import MedNetForImageClassification, MedNetImageProcessor
+
+pytestmark = pytest.mark.slow  # end to end: RUN_SLOW=1
 
 
 def test_checkpoint_loads_without_the_package(tiny_config, tmp_path):
