@@ -42,7 +42,7 @@ import datasets
 from datasets.data_files import SPLIT_KEYWORDS
 
 from mednet_hf.medical_files import FileItem, files_under, group_files
-from mednet_hf.medical_image import MedicalImage, MedicalImageError
+from mednet_hf.medical_image import MedicalImage, MedicalImageError, MedicalVolume
 from mednet_hf.medical_io import images_of, reader_for
 from mednet_hf.phi import public_name, scrub_path
 
@@ -59,6 +59,7 @@ class MedicalImageFolderConfig(datasets.BuilderConfig):
     include_phi: bool = False
     on_error: str = "fail"
     drop_labels: bool = False
+    volumes: bool = False  # rows are whole volumes (NIfTI files, DICOM series) for MedNet-3D, not 2-D slices
 
     def __post_init__(self):
         super().__post_init__()
@@ -138,19 +139,24 @@ class MedicalImageFolder(MedicalBuilder):
         else:
             labels = None
 
-        features = {"image": datasets.Image()}
+        features = {"volume": datasets.Nifti()} if self.config.volumes else {"image": datasets.Image()}
         if multi_label:
             features["labels"] = datasets.Sequence(datasets.ClassLabel(names=multi_label))
         elif labels is not None:
             features["label"] = datasets.ClassLabel(names=sorted(set(labels.values())))
-        features.update(
-            source_file=datasets.Value("string"),
-            slice_index=datasets.Value("int32"),
-            modality=datasets.Value("string"),
-            pixel_spacing=datasets.Sequence(datasets.Value("float32"), length=2),
-            voi=datasets.Value("string"),
-            photometric_interpretation=datasets.Value("string"),
-        )
+        if self.config.volumes:  # how the reader oriented the array, and each DICOM slice's own VOI
+            features.update(source_file=datasets.Value("string"), modality=datasets.Value("string"),
+                            orientation=datasets.Value("string"), slice_voi=datasets.Value("string"),
+                            photometric_interpretation=datasets.Value("string"))
+        else:
+            features.update(
+                source_file=datasets.Value("string"),
+                slice_index=datasets.Value("int32"),
+                modality=datasets.Value("string"),
+                pixel_spacing=datasets.Sequence(datasets.Value("float32"), length=2),
+                voi=datasets.Value("string"),
+                photometric_interpretation=datasets.Value("string"),
+            )
         if self.config.include_phi:
             features["phi"] = datasets.Value("string")
         self.info.features = datasets.Features(features)
@@ -161,6 +167,23 @@ class MedicalImageFolder(MedicalBuilder):
             parts[split_of[rel.split("/", 1)[0].lower()]][rel] = path
         return [datasets.SplitGenerator(name=split, gen_kwargs={"root": root, "files": parts[split], "labels": labels})
                 for split in SPLIT_KEYWORDS if split in parts]
+
+    def _volume_row(self, shown: str, item: FileItem, label):
+        """One volume as a row: the reader's array (in its own dtype) in a NIfTI image built here, so no header of
+        the file travels, with the voxel spacing in its header."""
+        import nibabel
+        import numpy as np
+
+        volume = item.read(include_phi=False)
+        if not isinstance(volume, MedicalVolume):
+            return None
+        image = nibabel.Nifti1Image(volume.array, affine=np.diag([*volume.spacing, 1.0]))
+        row = {"volume": {"bytes": image.to_bytes(), "path": None}, "source_file": shown, "modality": volume.modality,
+               "orientation": volume.orientation, "photometric_interpretation": volume.photometric_interpretation,
+               "slice_voi": json.dumps(volume.slice_voi, sort_keys=True) if volume.slice_voi else None}
+        if label is not None:
+            row["labels" if isinstance(label, list) else "label"] = label
+        return row
 
     def _slices(self, item: FileItem):
         """(slice_index, MedicalImage) for one item, read through the reader table."""
@@ -193,7 +216,12 @@ class MedicalImageFolder(MedicalBuilder):
             # DICOM UIDs, and path parts holding the file's PatientName or PatientID.
             shown = scrub_path(rel, item.phi)
             try:
-                rows = [self._row(shown, index, content, label) for index, content in self._slices(item)]
+                if self.config.volumes:
+                    if item.reader not in ("nifti", "dicom_series"):
+                        continue  # a 2-D image is no volume
+                    rows = [self._volume_row(shown, item, label)]
+                else:
+                    rows = [self._row(shown, index, content, label) for index, content in self._slices(item)]
             except (MedicalImageError, OSError) as e:
                 errors.append((shown, scrub_path(str(e), item.phi)))
                 continue

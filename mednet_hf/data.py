@@ -7,6 +7,7 @@
 import copy
 import json
 
+import numpy as np
 import torch
 from datasets import ClassLabel, DatasetDict, Features, Sequence
 from datasets.exceptions import DatasetGenerationError
@@ -110,18 +111,44 @@ def row_to_medical_image(batch: dict, index: int, image_column: str = "image") -
     return image
 
 
-def medical_transform(processor, features: Features, image_column: str = "image"):
-    """A function for `Dataset.with_transform`: batches of rows → `pixel_values` (+ `labels`).
+def row_to_medical_volume(batch: dict, index: int, column: str = "volume"):
+    """The volume of row `index`, as the processor reads its file: a MedMNIST-3D `Array3D` row is a `(D, H, W)`
+    array; an image-folder volume row is a NIfTI image of the reader's array (spacing in its header) plus the
+    columns that say how the reader oriented it and each DICOM slice's VOI."""
+    value = batch[column][index]
+    if not hasattr(value, "dataobj"):  # Array3D
+        return np.asarray(value)
+    from .medical_image import MedicalVolume
+
+    def cell(name: str):
+        values = batch.get(name)
+        return values[index] if values is not None else None
+
+    slice_voi = json.loads(cell("slice_voi")) if cell("slice_voi") else None
+    return MedicalVolume(array=np.asanyarray(value.dataobj), spacing=tuple(float(z) for z in value.header.get_zooms()[:3]),
+                         orientation=cell("orientation") or "RAS", modality=cell("modality"),
+                         photometric_interpretation=cell("photometric_interpretation") or "MONOCHROME2",
+                         slice_voi=slice_voi, source=str(cell("source_file") or f"example {index}"))
+
+
+def medical_transform(processor, features: Features, image_column: str | None = None):
+    """A function for `Dataset.with_transform`: batches of rows → `pixel_values` (+ `labels`); rows of volumes (a
+    `volume` column) → `(batch, C, D, H, W)` through the processor's volume path.
 
     Single labels stay class indices; multi-label `Sequence(ClassLabel)` columns become multi-hot float vectors,
     the targets `MedNetForImageClassification` expects for `problem_type="multi_label_classification"`.
     """
     label_column = "labels" if "labels" in features else "label" if "label" in features else None
     num_classes = features[label_column].feature.num_classes if isinstance(features.get(label_column), Sequence) else None
+    image_column = image_column or ("volume" if "volume" in features else "image")
 
     def transform(batch: dict) -> dict:
-        images = [row_to_medical_image(batch, i, image_column) for i in range(len(batch[image_column]))]
-        out = processor(images, return_tensors="pt")
+        if image_column == "volume":
+            images = [row_to_medical_volume(batch, i) for i in range(len(batch[image_column]))]
+            out = processor(images, return_tensors="pt", slice_policy="volume")
+        else:
+            images = [row_to_medical_image(batch, i, image_column) for i in range(len(batch[image_column]))]
+            out = processor(images, return_tensors="pt")
         if label_column is not None:
             if num_classes is None:
                 out["labels"] = torch.tensor(batch[label_column], dtype=torch.long)
@@ -135,4 +162,5 @@ def medical_transform(processor, features: Features, image_column: str = "image"
     return transform
 
 
-__all__ = ["BUILDERS", "class_names", "load_dataset_spec", "load_medical_dataset", "medical_transform", "row_to_medical_image"]
+__all__ = ["BUILDERS", "class_names", "load_dataset_spec", "load_medical_dataset", "medical_transform", "row_to_medical_image",
+           "row_to_medical_volume"]

@@ -1,0 +1,141 @@
+"""MedNet-3D: the 2-D network converted for volumes (ACS, I3D, 2.5D) from the 2-D weights, saved and loaded like the
+2-D models (with the package, and by remote code without it); volumes through the processor to `(C, D, H, W)`; and
+one path: the processor given a file or an array, and the dataset row of it, give identical tensors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import data_path
+from helpers import run_python
+
+from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
+from mednet_hf.data import load_medical_dataset, medical_transform
+from mednet_hf.volumes import as_dhw
+
+SERIES = "dicom_series/mr_t1_vestibular_schwannoma"
+
+
+@pytest.fixture(scope="module")
+def gray_2d():
+    return MedNetModel.from_pretrained("mednet/gray").eval()
+
+
+def test_i3d_on_a_volume_constant_along_depth_gives_the_2d_features(gray_2d):
+    i3d = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").eval()
+    slices = MedNetImageProcessor.from_pretrained("mednet/gray")([str(data_path("cxr/00000001_000.png")),
+                                                                 str(data_path("dicom/CT_small.dcm"))], return_tensors="pt")
+    images = slices["pixel_values"]
+    volume = images[:, :, None].expand(-1, -1, 28, -1, -1).contiguous()
+    with torch.no_grad():
+        flat, deep = gray_2d(pixel_values=images).pooler_output, i3d(pixel_values=volume).pooler_output
+    torch.testing.assert_close(deep, flat, atol=1e-5, rtol=0)
+    assert i3d.config.spatial_dims == 3 and i3d.config.pretrained_cfg["input_size"] == [1, 28, 28, 28]
+
+
+def test_acs_and_25d_load_the_2d_state_dict_unchanged(gray_2d):
+    for conversion in ("acs", "2.5d"):
+        model = MedNetModel(MedNetConfig(architecture="resnet18", variant="gray", image_size=28, spatial_dims=3,
+                                         conversion=conversion))
+        result = model.timm_model.load_state_dict(gray_2d.timm_model.state_dict(), strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        loaded = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion=conversion)
+        for key, value in gray_2d.timm_model.state_dict().items():
+            assert torch.equal(loaded.timm_model.state_dict()[key], value), key
+        with torch.no_grad():
+            out = loaded.eval()(pixel_values=torch.randn(2, 1, 28, 28, 28))
+        assert out.pooler_output.shape == (2, 512) and out.last_hidden_state.ndim == 5
+
+
+@pytest.mark.slow
+def test_a_saved_3d_checkpoint_loads_back_with_the_package_and_by_remote_code(tmp_path):
+    from transformers import AutoImageProcessor, AutoModel
+
+    folder = tmp_path / "gray-3d"
+    model = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="acs").eval()
+    model.save_pretrained(folder)
+    AutoImageProcessor.from_pretrained("mednet/gray").save_pretrained(folder)
+    volumes = np.load(data_path("medmnist3d/adrenalmnist3d.npz"))["test_images"][:2]
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert processor.slice_policy == "volume" and processor.volume_size == [28, 28, 28]  # from the 3-D config
+    pixels = processor(volumes, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).pooler_output
+        again = AutoModel.from_pretrained(folder).eval()(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(again, expected, atol=0, rtol=0)
+    np.save(tmp_path / "volumes.npy", volumes)
+    result = run_python(
+        f"""
+        import json, numpy as np, torch
+        try:
+            import mednet_hf
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise SystemExit("mednet_hf is importable: the test proves nothing")
+        from transformers import AutoImageProcessor, AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        pixels = processor(np.load({str(tmp_path / "volumes.npy")!r}), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            print(json.dumps(model(pixel_values=pixels).pooler_output.tolist()))
+        """,
+        blocked=("mednet_hf",),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(json.loads(result.stdout.strip().splitlines()[-1])), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"expects pixel_values of shape \(batch, 1, depth, height, width\)"):
+        model(pixel_values=torch.zeros(1, 1, 28, 28))
+
+
+@pytest.mark.parametrize("relative,spacing", [("nifti/CT_pitch.nii.gz", 4.0), (SERIES, 3.0),
+                                              ("totalsegmentator_examples/images/example_ct.nii.gz", 3.0)])
+def test_volumes_reach_the_configured_spacing_and_size(relative, spacing):
+    from mednet_hf.volumes import resample, to_volume
+
+    processor = MedNetImageProcessor(variant="gray", slice_policy="volume", volume_size=[24, 32, 40],
+                                     spacing=[spacing] * 3)
+    pixels = processor(str(data_path(relative)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 1, 24, 32, 40) and torch.isfinite(pixels).all()
+    array, voxel = as_dhw(to_volume(str(data_path(relative))))
+    resampled = resample(array.astype(np.float32), voxel, [spacing] * 3)
+    # the physical extent is kept: shape × target spacing ≈ shape × the file's spacing
+    assert np.allclose(np.array(resampled.shape) * spacing, np.array(array.shape) * np.array(voxel), atol=spacing)
+
+
+def test_label_maps_resample_with_nearest_neighbour():
+    from mednet_hf.volumes import resample
+
+    labels = np.zeros((10, 10, 10), np.float32)
+    labels[2:8, 2:8, 2:8] = 7.0
+    out = resample(labels, (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), label_map=True)
+    assert set(np.unique(out)) == {0.0, 7.0} and out.shape == (20, 20, 20)
+    assert len(np.unique(resample(labels, (1.0, 1.0, 1.0), (0.5, 0.5, 0.5)))) > 2  # trilinear blends
+
+
+def test_dataset_rows_of_volumes_give_the_processors_tensors(tmp_path):
+    """One path for volumes: a MedMNIST-3D row and the array it holds; an image-folder volume row (NIfTI, a DICOM
+    series) and its file."""
+    processor = MedNetImageProcessor(variant="gray", slice_policy="volume", volume_size=[28, 28, 28], spacing=[4.0] * 3)
+    adrenal = load_medical_dataset("medmnist", "adrenalmnist3d", data_path("medmnist3d"), size=28,
+                                   cache_dir=tmp_path / "cache")["test"]
+    rows = adrenal.with_transform(medical_transform(processor, adrenal.features))
+    arrays = np.load(data_path("medmnist3d/adrenalmnist3d.npz"))["test_images"]
+    for index in (0, 7, 297):
+        torch.testing.assert_close(rows[index]["pixel_values"], processor(arrays[index], return_tensors="pt")["pixel_values"][0],
+                                   atol=0, rtol=0)
+    assert rows[0]["pixel_values"].shape == (1, 28, 28, 28)
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    (folder / "ct.nii.gz").symlink_to(data_path("nifti/CT_pitch.nii.gz"))
+    shutil.copytree(data_path(SERIES), folder / "series")
+    volumes = load_medical_dataset("imagefolder", data_dir=folder, cache_dir=tmp_path / "cache", volumes=True,
+                                   drop_labels=True)["train"]
+    assert sorted(volumes["source_file"]) == ["ct.nii.gz", "series"]
+    transformed = volumes.with_transform(medical_transform(processor, volumes.features))
+    for index, name in enumerate(volumes["source_file"]):
+        torch.testing.assert_close(transformed[index]["pixel_values"],
+                                   processor(str(folder / name), return_tensors="pt")["pixel_values"][0], atol=0, rtol=0)
