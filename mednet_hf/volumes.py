@@ -86,14 +86,15 @@ def crop_or_pad(array: np.ndarray, size) -> np.ndarray:
 
 def volume_pixel_values(value, *, size, num_channels: int, image_mean, image_std, spacing=None, intensity="auto",
                         window=None, percentiles=(0.5, 99.5), label_map: bool = False) -> torch.Tensor:
-    """One volume input → `(num_channels, *size)` float32, normalised: the whole path above."""
+    """One volume input → `(num_channels, *size)` float32, normalised: the whole path above (`size=None` keeps the
+    whole volume)."""
     volume = to_volume(value)
     array, voxel = as_dhw(volume)
     # The convention first, on the values as stored (uint8 ÷ 255 stays that rule; each DICOM slice has its VOI).
     unit = volume_to_unit_range(array, volume, intensity=intensity, window=window, percentiles=percentiles)
     if spacing is not None and voxel is not None:
         unit = resample(unit, voxel, spacing, label_map=label_map)
-    unit = crop_or_pad(unit, size)[None]
+    unit = (crop_or_pad(unit, size) if size is not None else unit)[None]  # None: the whole volume (pretraining draws from it)
     if num_channels == 3:
         unit = np.repeat(unit, 3, axis=0)
     mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1, 1)

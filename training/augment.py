@@ -158,22 +158,27 @@ def bezier_intensity(x: torch.Tensor, generator: torch.Generator, apply: torch.T
 
 def local_shuffle(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor, block: int,
                   block_p: float = 0.5) -> torch.Tensor:
-    """Shuffle the pixels inside `block × block` tiles (a random half of the tiles of the images where `apply` is
-    true), the same permutation for every channel: texture must be restored from context. One batched
-    `argsort` of random keys gives every tile its own permutation; kept tiles get sorted keys, i.e. the identity."""
-    n, c, h, w = x.shape
-    rows, cols = h // block, w // block
-    tiles = rows * cols
-    region = x[..., : rows * block, : cols * block]
-    pixels = region.reshape(n, c, rows, block, cols, block).permute(0, 1, 2, 4, 3, 5).reshape(n, c, tiles, block * block)
-    keys = torch.rand(n, tiles, block * block, generator=generator, device=x.device)
+    """Shuffle the pixels (voxels) inside `block`-sided tiles (a random half of the tiles of the images where `apply`
+    is true), the same permutation for every channel: texture must be restored from context. One batched `argsort`
+    of random keys gives every tile its own permutation; kept tiles get sorted keys, i.e. the identity. Images
+    `(N, C, H, W)` and volumes `(N, C, D, H, W)` alike."""
+    n, c, *spatial = x.shape
+    dims = len(spatial)
+    counts = [side // block for side in spatial]
+    tiles, cells = math.prod(counts), block**dims
+    region = x[(..., *[slice(0, k * block) for k in counts])]
+    split = [v for k in counts for v in (k, block)]  # (k1, b, k2, b, ...)
+    order_in = [0, 1, *[2 + 2 * i for i in range(dims)], *[3 + 2 * i for i in range(dims)]]  # tiles first, then cells
+    pixels = region.reshape(n, c, *split).permute(*order_in).reshape(n, c, tiles, cells)
+    keys = torch.rand(n, tiles, cells, generator=generator, device=x.device)
     shuffled = _chance(generator, (n, tiles, 1), block_p, x.device) & apply[:, None, None]
-    keys = torch.where(shuffled, keys, torch.arange(block * block, device=x.device, dtype=keys.dtype))
-    order = keys.argsort(dim=-1).unsqueeze(1).expand(n, c, tiles, block * block)
+    keys = torch.where(shuffled, keys, torch.arange(cells, device=x.device, dtype=keys.dtype))
+    order = keys.argsort(dim=-1).unsqueeze(1).expand(n, c, tiles, cells)
     pixels = pixels.gather(-1, order)
+    back = [0, 1] + [v for i in range(dims) for v in (2 + i, 2 + dims + i)]  # interleave tile and cell axes again
     out = x.clone()
-    out[..., : rows * block, : cols * block] = (
-        pixels.reshape(n, c, rows, cols, block, block).permute(0, 1, 2, 4, 3, 5).reshape(n, c, rows * block, cols * block)
+    out[(..., *[slice(0, k * block) for k in counts])] = (
+        pixels.reshape(n, c, *counts, *[block] * dims).permute(*back).reshape(n, c, *[k * block for k in counts])
     )
     return out
 
@@ -189,25 +194,28 @@ def _boxes(generator, shape, size_range, extent: int, device) -> tuple[torch.Ten
 def paint(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor, inpaint_p: float = 0.5,
           max_boxes: int = 3) -> torch.Tensor:
     """In-painting (1 to `max_boxes` boxes of 1/6 to 1/3 of the side replaced by noise) or out-painting (all but
-    one box of 0.4 to 0.8 of the side replaced by noise), chosen per image and applied as one batched mask."""
-    n, _, h, w = x.shape
-    device = x.device
-    ys = torch.arange(h, device=device).view(1, 1, h, 1)
-    xs = torch.arange(w, device=device).view(1, 1, 1, w)
+    one box of 0.4 to 0.8 of the side replaced by noise), chosen per image and applied as one batched mask; boxes in
+    2-D images and 3-D volumes alike."""
+    n, _, *spatial = x.shape
+    device, dims = x.device, len(spatial)
 
-    def inside(rows, cols):  # each axis on its own, then one full-size AND
-        in_rows = (ys >= rows[0][..., None, None]) & (ys < rows[1][..., None, None])
-        return in_rows & (xs >= cols[0][..., None, None]) & (xs < cols[1][..., None, None])
+    def inside(intervals):  # each axis on its own, then one full-size AND
+        mask = None
+        for axis, (start, end) in enumerate(intervals):
+            shape = [1, 1] + [1] * dims
+            shape[2 + axis] = spatial[axis]
+            coords = torch.arange(spatial[axis], device=device).view(shape)
+            here = (coords >= start[(..., *[None] * dims)]) & (coords < end[(..., *[None] * dims)])
+            mask = here if mask is None else mask & here
+        return mask
 
-    small = inside(_boxes(generator, (n, max_boxes), (h // 6 + 1, h // 3 + 1), h, device),
-                   _boxes(generator, (n, max_boxes), (w // 6 + 1, w // 3 + 1), w, device))
+    small = inside([_boxes(generator, (n, max_boxes), (side // 6 + 1, side // 3 + 1), side, device) for side in spatial])
     count = torch.randint(1, max_boxes + 1, (n, 1), generator=generator, device=device)
     used = torch.arange(max_boxes, device=device) < count
-    inpaint = (small & used[..., None, None]).any(dim=1)
-    keep = inside(_boxes(generator, (n, 1), (int(0.4 * h), int(0.8 * h)), h, device),
-                  _boxes(generator, (n, 1), (int(0.4 * w), int(0.8 * w)), w, device))[:, 0]
-    mode = _chance(generator, (n, 1, 1), inpaint_p, device)
-    mask = torch.where(mode, inpaint, ~keep) & apply[:, None, None]
+    inpaint = (small & used[(..., *[None] * dims)]).any(dim=1)
+    keep = inside([_boxes(generator, (n, 1), (int(0.4 * side), int(0.8 * side)), side, device) for side in spatial])[:, 0]
+    mode = _chance(generator, (n, *[1] * dims), inpaint_p, device)
+    mask = torch.where(mode, inpaint, ~keep) & apply[(..., *[None] * dims)]
     noise = torch.rand(x.shape, generator=generator, device=device)
     return torch.where(mask[:, None], noise, x)
 
@@ -258,6 +266,8 @@ class PretrainViews:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if images.ndim == 5:
+            return self._volume_views(images, generator)
         if images.ndim != 4:
             raise ValueError(f"PretrainViews takes a (B, C, H, W) batch, got shape {tuple(images.shape)}")
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
@@ -279,6 +289,21 @@ class PretrainViews:
             views["local_crops"] = photometric(_sample_views(x, thetas, self.local_size).flatten(0, 1), generator)
         if "genesis_input" in self.views:
             views["genesis_input"] = genesis(views["image"], generator, self.shuffle_block)
+        return views
+
+    def _volume_views(self, volumes: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Sub-volumes `(B, C, S, S, S)`, already cropped where they were drawn: the light view flips each along
+        every axis with probability 1/2; the Genesis input is its 3-D corruption. Multi-crop views are 2-D only."""
+        if {"global_crops", "local_crops"} & self.views:
+            raise ValueError("the contrastive objective's multi-crop views are made for 2-D images only")
+        x = volumes.float() / 255 if volumes.dtype == torch.uint8 else volumes.float()
+        n, device = x.shape[0], x.device
+        for axis in (2, 3, 4):
+            flip = _chance(generator, (n, 1, 1, 1, 1), 0.5, device)
+            x = torch.where(flip, x.flip(axis), x)
+        views = {"image": x}
+        if "genesis_input" in self.views:
+            views["genesis_input"] = genesis(x, generator, self.shuffle_block)
         return views
 
 

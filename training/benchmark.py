@@ -32,8 +32,10 @@ from mednet_hf.metrics import classification_metrics
 from .finetune import FinetuneArguments, finetune
 from .recipe import resolve_data_dir
 
-INITS = ("mednet", "scratch", "imagenet")
-COLORS = {"mednet": "C0", "scratch": "C1", "imagenet": "C2"}  # the same in every plot
+# mednet: the study's release; scratch: its network with random weights; imagenet: timm's ImageNet weights;
+# acs / i3d / 2.5d: the 2-D release (`source_2d`) converted to MedNet-3D (a 3-D study).
+INITS = ("mednet", "scratch", "imagenet", "acs", "i3d", "2.5d")
+COLORS = {"mednet": "C0", "scratch": "C1", "imagenet": "C2", "acs": "C3", "i3d": "C4", "2.5d": "C5"}  # in every plot
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Study:
     dense: dict | None = None  # {"data_dir": ..., "size": ..., "steps": ...} for DRIVE
     published: list[dict] = field(default_factory=list)  # reference numbers on the same test splits
     quick: dict = field(default_factory=dict)  # what --quick replaces
+    source_2d: str | None = None  # a 3-D study: the 2-D release that acs / i3d / 2.5d convert
+    scratch_conversion: str | None = None  # a 3-D study: the 3-D network scratch trains (i3d: full 3-D kernels)
 
 
 def load_study(path, quick: bool = False, **overrides) -> Study:
@@ -95,20 +99,36 @@ def load_study(path, quick: bool = False, **overrides) -> Study:
 
 def prepare_inits(study: Study, work: Path) -> tuple[dict[str, str], dict[str, str]]:
     """{init: model folder or id} for the initialisations that can run, and {init: why not} for the others. Scratch and
-    ImageNet copy the release's architecture, variant and preprocessing, so only the weights differ."""
+    ImageNet copy the release's architecture, variant and preprocessing, so only the weights differ; in a 3-D study
+    (`source_2d`), acs / i3d / 2.5d are the 2-D release converted, and scratch is `scratch_conversion`'s network."""
     from transformers import AutoConfig, AutoImageProcessor
 
     from mednet_hf import MedNetModel
 
-    config = AutoConfig.from_pretrained(study.model)
-    processor = AutoImageProcessor.from_pretrained(study.model)
+    reference = study.source_2d or study.model  # the architecture and preprocessing every initialisation shares
+    config, processor = AutoConfig.from_pretrained(reference), AutoImageProcessor.from_pretrained(reference)
     ready, skipped = {}, {}
     for init in study.inits:
+        torch.manual_seed(0)
         if init == "mednet":
+            try:
+                AutoConfig.from_pretrained(study.model)
+            except (OSError, ValueError) as e:
+                skipped[init] = f"{study.model} cannot be loaded ({type(e).__name__}: {str(e)[:120]})"
+                continue
             ready[init] = study.model
             continue
-        torch.manual_seed(0)
-        model = MedNetModel(config)
+        if init in ("acs", "i3d", "2.5d"):
+            if not study.source_2d:
+                skipped[init] = "a conversion needs the study's source_2d (the 2-D release to convert)"
+                continue
+            model = MedNetModel.from_pretrained(study.source_2d, spatial_dims=3, conversion=init)
+        elif study.source_2d:  # 3-D scratch
+            model = MedNetModel(type(config)(**{**config.to_dict(), "spatial_dims": 3,
+                                                "conversion": study.scratch_conversion or "i3d",
+                                                "image_size": config.image_size}))
+        else:
+            model = MedNetModel(config)
         if init == "imagenet":
             import timm
 
@@ -120,7 +140,7 @@ def prepare_inits(study: Study, work: Path) -> tuple[dict[str, str], dict[str, s
             model.timm_model.load_state_dict(weights.state_dict())
         folder = work / f"init-{init}"
         model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+        processor.save_pretrained(folder)  # beside a 3-D config it reads volumes (slice_policy from the config)
         ready[init] = str(folder)
     return ready, skipped
 
@@ -164,7 +184,7 @@ class BenchmarkArguments:
     model: str | None = field(default=None, metadata={"help": "the release to study (default: the study's, e.g. mednet/gray)"})
     tasks: list[str] | None = field(default=None, metadata={"help": "run only these tasks (repeatable)", "aliases": ["--task"], "action": "extend"})
     inits: list[str] | None = field(default=None, metadata={
-        "help": "initialisations (repeatable)", "aliases": ["--init"], "action": "extend", "choices": ["mednet", "scratch", "imagenet"]})
+        "help": "initialisations (repeatable)", "aliases": ["--init"], "action": "extend", "choices": list(INITS)})
     label_fractions: list[float] | None = field(default=None, metadata={"help": "label fractions (repeatable)", "aliases": ["--label-fraction"], "action": "extend"})
     seeds: list[int] | None = field(default=None, metadata={"help": "seeds (repeatable)", "aliases": ["--seed"], "action": "extend"})
     image_size: int | None = field(default=None, metadata={"help": "fine-tune and probe at this size (default: each model's own)"})
@@ -415,9 +435,9 @@ STUDIES = Path(__file__).resolve().parent / "configs"
 
 
 def study_file(name) -> Path:
-    """`gray`/`color` name the packaged studies (`configs/benchmark_<name>.yaml`); anything else is a path."""
+    """`gray`/`color`/`gray-3d` name the packaged studies (`configs/benchmark_<name>.yaml`); anything else is a path."""
     packaged = STUDIES / f"benchmark_{name}.yaml"
-    return packaged if str(name) in ("gray", "color") else Path(name)
+    return packaged if str(name) in ("gray", "color", "gray-3d") else Path(name)
 
 
 def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = None, image_size: int | None = None,

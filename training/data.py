@@ -41,7 +41,11 @@ def cache_root(recipe: Recipe) -> Path:
 
 
 def cache_processor(recipe: Recipe) -> MedNetImageProcessor:
-    """The one rows → [0, 1] pixels path, at the recipe's size and variant; normalisation comes after augmenting."""
+    """The one rows → [0, 1] pixels path, at the recipe's size and variant; normalisation comes after augmenting.
+    For MedNet-3D, whole volumes at the recipe's voxel spacing (sub-volumes are drawn from them at each step)."""
+    if recipe.spatial_dims == 3:
+        return MedNetImageProcessor(variant=recipe.variant, slice_policy="volume", spacing=list(recipe.volume_spacing),
+                                    do_normalize=False)
     return MedNetImageProcessor(variant=recipe.variant, image_size=recipe.image_size, do_normalize=False)
 
 
@@ -74,12 +78,39 @@ def _train_split(source: Source) -> datasets.Dataset:
     )["train"]
 
 
+def _decode_volumes(split, recipe: Recipe) -> torch.Tensor:
+    """Volume rows → one flat uint8 buffer of every volume at the recipe's spacing, in [0, 1] by the convention (the
+    processor's volume path, uncropped and unnormalised), and their shapes `(N, 4)`."""
+    from mednet_hf.data import row_to_medical_volume
+    from mednet_hf.volumes import volume_pixel_values
+
+    processor = cache_processor(recipe)
+    flat, shapes = [], []
+    for start in range(0, split.num_rows, 8):
+        batch = split[start : start + 8]
+        for i in range(len(batch["volume"])):
+            unit = volume_pixel_values(row_to_medical_volume(batch, i), size=None, num_channels=processor.num_channels,
+                                       image_mean=[0.0] * processor.num_channels, image_std=[1.0] * processor.num_channels,
+                                       spacing=processor.spacing, intensity=processor.intensity, window=processor.window,
+                                       percentiles=processor.percentiles)
+            flat.append(to_uint8(unit).flatten())
+            shapes.append(list(unit.shape))
+    return torch.cat(flat), torch.tensor(shapes, dtype=torch.long)
+
+
 def _decode(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A source's train split → uint8 images, class labels (-1 where there are none) and its label metadata."""
+    """A source's train split → uint8 images, class labels (-1 where there are none) and its label metadata
+    (MedNet-3D: every volume in one flat buffer, with their `shapes`)."""
     split = _train_split(source)
     metadata = _label_metadata(split.features)
     names = json.loads(metadata["classes"])
     labels = torch.tensor(split["label"], dtype=torch.long) if names else torch.full((split.num_rows,), -1, dtype=torch.long)
+    if recipe.spatial_dims == 3:
+        if "volume" not in split.features:
+            raise ValueError(f"source {source.name!r}: MedNet-3D needs volumes (an image folder with options: "
+                             "{volumes: true})")
+        images, shapes = _decode_volumes(split, recipe)
+        return {"images": images, "labels": labels, "shapes": shapes}, metadata
     # Labels are read from the column above; the transform only makes pixels.
     pixels_only = split.remove_columns([c for c in ("label", "labels") if c in split.column_names])
     rows = pixels_only.with_transform(medical_transform(cache_processor(recipe), pixels_only.features))
@@ -101,7 +132,11 @@ def _read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | 
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata()
         tensors = load_file(path)
-        if set(tensors) != {"images", "labels"} or len(tensors["images"]) != len(tensors["labels"]) or metadata is None:
+        if "shapes" in tensors:  # volumes: one flat buffer of every volume, their shapes, their labels
+            if set(tensors) != {"images", "labels", "shapes"} or len(tensors["shapes"]) != len(tensors["labels"]) \
+                    or int(tensors["shapes"].prod(dim=1).sum()) != len(tensors["images"]) or metadata is None:
+                raise ValueError(f"holds {sorted(tensors)}: the volumes' shapes and the buffer disagree")
+        elif set(tensors) != {"images", "labels"} or len(tensors["images"]) != len(tensors["labels"]) or metadata is None:
             raise ValueError(f"holds {sorted(tensors)} with {[len(t) for t in tensors.values()]} rows")
     except Exception as e:  # truncated, overwritten, not safetensors: all mean "build it again"
         logger.warning("%s: cache entry unreadable (%s: %s); decoding the source again", path, type(e).__name__, e)
@@ -205,7 +240,7 @@ class PretrainingData:
         held = torch.searchsorted(self.offsets, index.clamp_min(0), right=True) - 1
         return torch.where(index < 0, -index - 1, held)
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    def batch(self, index: torch.Tensor, device: torch.device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Images, labels and sources of rows `index` (CPU), on `device`, without waiting for it; and `ids`, the
         rows' stable ids (source * ROW_STRIDE + row; for a streamed row, + this process's count of rows taken from
         that stream) for the data-order log."""
@@ -265,9 +300,82 @@ def _stream(source: Source, recipe: Recipe, rank: int, world: int) -> tuple[Stre
     return streamed, _label_metadata(stream.features)
 
 
-def pretraining_data(recipe: Recipe, rank: int = 0, world: int = 1) -> PretrainingData:
+@dataclass
+class PretrainingVolumes:
+    """MedNet-3D's sources: whole volumes `(C, D, H, W)` uint8 at the recipe's spacing, held as they are; each step
+    draws volumes as `PretrainingData` draws rows (source by weight, then a volume uniformly) and a random
+    sub-volume of side `crop` in each (zero-padded where a volume is smaller)."""
+
+    volumes: list
+    labels: torch.Tensor
+    sources: torch.Tensor
+    offsets: torch.Tensor
+    counts: torch.Tensor
+    weights: torch.Tensor
+    classes: list
+    crop: int
+    streams: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def to(self, device: torch.device) -> "PretrainingVolumes":
+        moved = [v.to(device) for v in self.volumes]
+        return PretrainingVolumes(moved, self.labels.to(device), self.sources.to(device), self.offsets, self.counts,
+                                  self.weights, self.classes, self.crop)
+
+    sample = PretrainingData.sample
+    source_of = PretrainingData.source_of
+    _held_ids = PretrainingData._held_ids
+
+    def batch(self, index: torch.Tensor, device: torch.device, generator: torch.Generator | None = None) -> dict:
+        crops = []
+        corners = torch.rand(len(index), 3, generator=generator, dtype=torch.float64)
+        for i, corner in zip(index.tolist(), corners):
+            volume = self.volumes[i]
+            spatial = torch.tensor(volume.shape[1:])
+            start = ((spatial - self.crop).clamp_min(0) * corner).long().tolist()
+            block = volume[:, start[0]: start[0] + self.crop, start[1]: start[1] + self.crop, start[2]: start[2] + self.crop]
+            pad = [v for side in reversed(block.shape[1:]) for v in (0, self.crop - side)]
+            crops.append(torch.nn.functional.pad(block, pad) if any(pad) else block)
+        on_device = index.to(device)
+        return {"images": torch.stack(crops).to(device), "label": self.labels[on_device],
+                "source": self.sources[on_device], "ids": self._held_ids(index)}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _pretraining_volumes(recipe: Recipe) -> PretrainingVolumes:
+    volumes, labels, sources, counts, classes = [], [], [], [], []
+    for index, source in enumerate(recipe.sources):
+        tensors, metadata = load_source(source, recipe)
+        shapes = tensors["shapes"].tolist()
+        if not shapes:
+            raise ValueError(f"source {source.name!r} has no volumes in its train split")
+        pieces = tensors["images"].split([int(torch.tensor(shape).prod()) for shape in shapes])
+        volumes += [piece.view(*shape) for piece, shape in zip(pieces, shapes)]
+        classes.append(_classes(source, metadata))
+        labels.append(tensors["labels"] if classes[-1] else torch.full_like(tensors["labels"], -1))
+        sources.append(torch.full_like(labels[-1], index))
+        counts.append(len(shapes))
+    counts = torch.tensor(counts)
+    weights = torch.tensor([source.weight for source in recipe.sources], dtype=torch.float64)
+    return PretrainingVolumes(volumes, torch.cat(labels), torch.cat(sources), torch.cumsum(counts, 0) - counts, counts,
+                              weights / weights.sum(), classes, recipe.image_size)
+
+
+def pretraining_data(recipe: Recipe, rank: int = 0, world: int = 1) -> "PretrainingData | PretrainingVolumes":
     """Every source of the recipe, decoded (or read from the cache) and validated, in one `PretrainingData`;
-    streamed sources are opened for process `rank` of `world`."""
+    streamed sources are opened for process `rank` of `world`. MedNet-3D recipes get `PretrainingVolumes`."""
+    if recipe.spatial_dims == 3:
+        return _pretraining_volumes(recipe)
     parts, classes, streams = [], [], {}
     channels = 1 if recipe.variant == "gray" else 3
     empty = torch.empty((0, channels, recipe.image_size, recipe.image_size), dtype=torch.uint8)
@@ -289,4 +397,4 @@ def pretraining_data(recipe: Recipe, rank: int = 0, world: int = 1) -> Pretraini
                            classes, streams)
 
 
-__all__ = ["PretrainingData", "cache_key", "cache_path", "cache_processor", "load_source", "pretraining_data", "write_entry"]
+__all__ = ["PretrainingData", "PretrainingVolumes", "cache_key", "cache_path", "cache_processor", "load_source", "pretraining_data", "write_entry"]

@@ -226,8 +226,9 @@ def finetune(*args, **kwargs) -> dict:
         data_collator=_collate, processing_class=processor,  # every checkpoint the Trainer writes carries the processor
         callbacks=[EarlyStoppingCallback(early_stopping_patience=run.patience)],
         # outside a rotated crop is black, as in pretraining: the normalised value of the convention's 0
+        # (2-D only: volumes are fine-tuned as they are)
         augment=partial(finetune_view, flip=run.hflip, black=-torch.tensor(processor.image_mean) / torch.tensor(processor.image_std))
-        if run.augment else None,
+        if run.augment and classifier.config.spatial_dims == 2 else None,
     )
     trainer.train()
     # every evaluation during training (epoch, eval_auroc, ...), before the final ones: convergence curves

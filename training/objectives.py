@@ -138,32 +138,35 @@ class ContrastiveObjective(Objective):
 
 
 class RestorationObjective(Objective):
-    """Models Genesis in 2-D (Zhou et al., 2019): a light decoder restores the original view from the backbone's
-    last feature map of a corrupted one (non-linear intensity, local shuffling, in-/out-painting); MSE loss."""
+    """Models Genesis (Zhou et al., 2019), in 2-D and, for MedNet-3D, in 3-D: a light decoder restores the original
+    view from the backbone's last feature map of a corrupted one (non-linear intensity, local shuffling, in-/out-
+    painting); MSE loss."""
 
     reads = ("image", "genesis_input")  # the light view is the target only: it goes through no backbone here
     encodes = ("genesis_input",)
 
     @classmethod
     def build(cls, config, heads, reduction, **options):
-        return cls(config.num_features, config.num_channels, reduction, **options)
+        return cls(config.num_features, config.num_channels, reduction, spatial_dims=config.spatial_dims, **options)
 
     def loss(self, encoded, batch):
         return self(encoded["genesis_input"][0], batch["image"])
 
-    def __init__(self, num_features: int, out_channels: int, reduction: int, width: int = 64, **_):
+    def __init__(self, num_features: int, out_channels: int, reduction: int, width: int = 64, spatial_dims: int = 2, **_):
         super().__init__()
-        layers, channels = [nn.Conv2d(num_features, width, 1), nn.GELU()], width
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        layers, channels = [conv(num_features, width, 1), nn.GELU()], width
         for _ in range(max(1, int(round(math.log2(reduction))))):
             out = max(16, channels // 2)
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(channels, out, 3, padding=1), nn.GELU()]
+            layers += [nn.Upsample(scale_factor=2, mode=self.mode, align_corners=False), conv(channels, out, 3, padding=1), nn.GELU()]
             channels = out
-        layers.append(nn.Conv2d(channels, out_channels, 1))
+        layers.append(conv(channels, out_channels, 1))
         self.decoder = nn.Sequential(*layers)
 
     def forward(self, feature_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         restored = self.decoder(feature_map)
-        restored = F.interpolate(restored, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        restored = F.interpolate(restored, size=target.shape[2:], mode=self.mode, align_corners=False)
         return F.mse_loss(torch.sigmoid(restored.float()), target.float())
 
 
@@ -210,9 +213,10 @@ class PretrainModel(nn.Module):
         self.local = "local_crops" in encoded
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (x - self.mean) / self.std  # the variant's normalisation, after augmenting in [0, 1]
+        shape = (1, -1, *[1] * (x.ndim - 2))  # images or volumes
+        x = (x - self.mean.view(shape)) / self.std.view(shape)  # the variant's normalisation, after augmenting in [0, 1]
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         out = self.backbone(x)
         return out.last_hidden_state, out.pooler_output
 

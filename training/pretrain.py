@@ -78,9 +78,12 @@ def _imagenet_init(backbone: MedNetModel, architecture: str) -> None:
 
 
 def _warm_start(backbone: MedNetModel, init: str) -> None:
-    """A warm restart: the backbone weights of a saved MedNet (folder or Hub id); the objectives' heads start fresh."""
+    """A warm restart: the backbone weights of a saved MedNet (folder or Hub id; a 2-D one starts MedNet-3D through
+    the backbone's conversion); the objectives' heads start fresh."""
+    ours = backbone.config
+    three_d = {"spatial_dims": 3, "conversion": ours.conversion} if ours.spatial_dims == 3 else {}
     try:
-        source = MedNetModel.from_pretrained(init)
+        source = MedNetModel.from_pretrained(init, **three_d)
     except Exception as e:  # no such folder or repo, not in the cache offline, not a MedNet
         raise ValueError(f"init: {init!r} is neither scratch, imagenet nor a MedNet checkpoint that loads "
                          f"({type(e).__name__}: {e})") from e
@@ -102,14 +105,16 @@ def build_model(recipe: Recipe, heads: list[tuple[int, int, float]], init: str =
     """A MedNet backbone, freshly initialised, from timm's ImageNet weights (`init="imagenet"`) or from a saved
     MedNet (a folder or Hub id), and the objectives' heads. Its config takes the run's last resolution, the one the
     release is exported for."""
-    config = MedNetConfig(architecture=recipe.backbone, variant=recipe.variant, image_size=recipe.image_sizes[-1])
+    config = MedNetConfig(architecture=recipe.backbone, variant=recipe.variant, image_size=recipe.image_sizes[-1],
+                          spatial_dims=recipe.spatial_dims, conversion=recipe.conversion)
     backbone = MedNetModel(config)
     if init == "imagenet":
         _imagenet_init(backbone, recipe.backbone)
     elif init != "scratch":
         _warm_start(backbone, init)
     model = PretrainModel(backbone, recipe.objectives, heads, recipe.channels_last)
-    return model.to(memory_format=torch.channels_last) if recipe.channels_last else model
+    # MedNet-3D's converted kernels keep 2-D shapes (ACS, 2.5D): only its inputs take the 3-D layout
+    return model.to(memory_format=torch.channels_last) if recipe.channels_last and recipe.spatial_dims == 2 else model
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -381,7 +386,7 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
             index = data.sample(recipe.seed, batch, recipe.batch_size * world)
             draws.add_(torch.bincount(data.source_of(index), minlength=len(recipe.sources)))
             index = index[rank * recipe.batch_size : (rank + 1) * recipe.batch_size]
-            rows = data.batch(index, device)
+            rows = data.batch(index, device, step_generator(recipe.seed, batch, rank, stream="crops"))
             pending.append((batch + 1, rows["ids"]))
             made = views[size](rows["images"], step_generator(recipe.seed, batch, rank, device))
             return made | {"label": rows["label"], "source": rows["source"]}

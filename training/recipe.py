@@ -33,7 +33,14 @@ class Source:
 class Recipe:
     variant: str = field(default="gray", metadata={"help": "gray (1 channel) or color (3 channels)"})
     backbone: str = field(default="resnet50", metadata={"help": "timm architecture, e.g. resnet18"})
-    image_size: int = field(default=224, metadata={"help": "training resolution in pixels (the first, with image_size_schedule)"})
+    image_size: int = field(default=224, metadata={"help": "training resolution in pixels (the first, with image_size_schedule); "
+                                                          "for MedNet-3D the side of the sub-volumes drawn"})
+    spatial_dims: int = field(default=2, metadata={"help": "2, or 3: MedNet-3D on sub-volumes of the sources' volumes"})
+    conversion: str | None = field(default=None, metadata={"help": "MedNet-3D's conversion of the 2-D network: acs, i3d or 2.5d"})
+    volume_spacing: list = field(
+        default_factory=lambda: [2.0, 2.0, 2.0],
+        metadata={"help": "MedNet-3D: the voxel spacing (mm) volumes are resampled to before sub-volumes are drawn, as JSON"},
+    )
     image_size_schedule: list = field(
         default_factory=list,
         metadata={"help": "progressive resizing: [[step, size], ...], each size from that step on, as JSON, e.g. '[[1800, 64]]'"},
@@ -178,6 +185,19 @@ def load_recipe(path, **overrides) -> Recipe:
     recipe.image_size_schedule = [list(e) for e in schedule]
     if schedule and any(s.streaming for s in recipe.sources):
         _fail(path, "image_size_schedule cannot be used with streamed sources (they are decoded at one size)")
+    if recipe.spatial_dims not in (2, 3):
+        _fail(path, f"spatial_dims must be 2 or 3, got {recipe.spatial_dims!r}")
+    if recipe.spatial_dims == 3:
+        recipe.conversion = recipe.conversion or "acs"
+        if recipe.conversion not in ("acs", "i3d", "2.5d"):
+            _fail(path, f"conversion must be acs, i3d or 2.5d, got {recipe.conversion!r}")
+        if schedule or any(s.streaming or s.dataset != "imagefolder" for s in recipe.sources):
+            _fail(path, "MedNet-3D pretrains on image folders of volumes (NIfTI files, DICOM series), at one size")
+        if "contrastive" in recipe.objectives:
+            _fail(path, "the contrastive objective's multi-crop views are 2-D only; MedNet-3D takes restoration and supervised")
+        spacing = recipe.volume_spacing
+        if not (isinstance(spacing, list) and len(spacing) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in spacing)):
+            _fail(path, f"volume_spacing takes three positive numbers (mm), got {spacing!r}")
     for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "stream_chunk_rows",
                 "image_size", "collective_timeout"):
         value = getattr(recipe, key)
