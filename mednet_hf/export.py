@@ -3,8 +3,9 @@
     export_onnx("runs/pneumonia/best", "runs/pneumonia/onnx")
 
 The graph comes from PyTorch's own exporter, `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript),
-with a dynamic batch dimension: input `pixel_values` `(batch, C, H, W)` float32, output `logits` `(batch,
-num_labels)` for a classifier, `pooler_output` `(batch, num_features)` for a bare `MedNetModel`. `config.json` and
+with a dynamic batch dimension: input `pixel_values` `(batch, C, H, W)` float32 (`(batch, C, D, H, W)` for
+MedNet-3D), output `logits` `(batch, num_labels)` for a classifier, `pooler_output` `(batch, num_features)` for a
+bare `MedNetModel`. `config.json` and
 `preprocessor_config.json` are saved in the same folder, so `AutoImageProcessor.from_pretrained(folder)` prepares
 the inputs exactly as for the PyTorch model. Needs the `onnx` extra (`pip install mednet-hf[onnx]`).
 """
@@ -17,7 +18,7 @@ import torch
 from .loading import load_for_use
 
 logger = logging.getLogger(__name__)
-MIN_SIDE = 16  # the smallest height and width the exported graph takes (ResNet reduces by 32 and pads)
+MIN_SIDE = 16  # the smallest side (height, width, depth) the exported graph takes (ResNet reduces by 32 and pads)
 
 
 class _Outputs(torch.nn.Module):
@@ -44,8 +45,8 @@ def _export(wrapped, example, path: Path, opset, dynamic: dict) -> None:
 
 def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
     """Export `model` (a saved MedNet folder or Hub id) to `output_dir/model.onnx` with a dynamic batch size, and a
-    dynamic height and width where the network allows them (a CNN with a global pool does), and save its config and
-    processor there. Returns {"path", "output", "exporter", "dynamic"}: `exporter` says whether the dynamo exporter
+    dynamic height and width (and depth, for MedNet-3D) where the network allows them (a CNN with a global pool
+    does), and save its config and processor there. Returns {"path", "output", "exporter", "dynamic"}: `exporter` says whether the dynamo exporter
     was used or, if it failed, the TorchScript one (with a warning saying why); `dynamic` which input dimensions
     may vary."""
     try:
@@ -55,17 +56,18 @@ def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
         raise ValueError(f"ONNX export needs the onnx extra: pip install 'mednet-hf[onnx]' ({e})") from None
     loaded, processor, _ = load_for_use(model, "auto", device="cpu")
     config = loaded.config
-    channels, height, width = config.pretrained_cfg["input_size"]
+    channels, *spatial = config.pretrained_cfg["input_size"]  # (C, H, W), or (C, D, H, W) for MedNet-3D
     if channels != config.num_channels:  # before any tracing: the graph's input would take the wrong channels
         raise ValueError(f"{model}: config.json's pretrained_cfg.input_size has {channels} channel(s), but the "
                          f"{config.variant} variant takes {config.num_channels}; fix the config")
     wrapped = _Outputs(loaded.float()).eval()
     # Batch 2 as the example: torch.export specialises dimensions of size 0 and 1.
-    example = torch.zeros(2, channels, height, width)
+    example = torch.zeros(2, channels, *spatial)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "model.onnx"
-    dynamic, exporter = {0: "batch", 2: "height", 3: "width"}, "dynamo"
+    names = ("depth", "height", "width")[-len(spatial):]
+    dynamic, exporter = {0: "batch"} | {2 + i: name for i, name in enumerate(names)}, "dynamo"
     try:
         _export(wrapped, example, path, opset, dynamic)
     except Exception as e:  # noqa: BLE001 - a size the graph depends on: keep the size fixed, and say so

@@ -107,6 +107,17 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
         """transformers' `from_pretrained`; with `spatial_dims=3` (and `conversion`, default "acs") a 2-D checkpoint
         starts MedNet-3D: its weights are loaded into the converted network, unchanged for ACS and 2.5D, inflated
         along depth for I3D. A saved 3-D checkpoint loads as it is."""
+        given = kwargs.get("config")
+        if spatial_dims is None and isinstance(given, MedNetConfig) and given.spatial_dims == 3:
+            # `AutoModel.from_pretrained(id, spatial_dims=3)`: AutoConfig took the keyword into the 2-D checkpoint's
+            # config, and loading 2-D weights into that 3-D network would leave it random. Convert instead.
+            hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+            if MedNetConfig.from_pretrained(pretrained_model_name_or_path, **hub).spatial_dims == 2:
+                spatial_dims, conversion = 3, given.conversion
+                flat = copy.deepcopy(given)
+                flat.spatial_dims, flat.conversion = 2, None
+                flat.pretrained_cfg["input_size"] = [flat.num_channels, *[flat.image_size] * 2]
+                kwargs["config"] = flat
         if spatial_dims in (None, 2) and conversion is None:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         two_d = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

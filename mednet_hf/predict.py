@@ -3,7 +3,8 @@
     rows, unreadable = predict("runs/pneumonia/best", ["../shared/data/cxr"], "predictions.csv", top_k=2)
 
 One CSV row per 2-D image, per frame of a multi-frame DICOM, and per slice of a volume (NIfTI, or the DICOM files
-of a folder that are slices of one series), with the top-k labels and their probabilities; optionally the pooled
+of a folder that are slices of one series); with a MedNet-3D model (`spatial_dims=3`), one row per whole volume. Each
+row has the top-k labels and their probabilities; optionally the pooled
 features of every row to a safetensors file. Files that cannot be read are collected with the reason and reported at
 the end (`strict=True` stops at the first one instead).
 
@@ -33,10 +34,16 @@ from .phi import phi_values, scrub_path
 READ_ERRORS = (MedicalImageError, ValueError, OSError, RuntimeError, MemoryError)
 
 
-def _images(item: FileItem, slice_axis: int, slice_stride: int, slice_index: int | None):
-    """(slice or frame index or None, MedicalImage) for every image of one item."""
+def _images(item: FileItem, slice_axis: int, slice_stride: int, slice_index: int | None, volumes: bool = False):
+    """(slice or frame index or None, MedicalImage) for every image of one item; for a 3-D model, (None, the whole
+    MedicalVolume) once per volume."""
     content = item.read()
-    if isinstance(content, MedicalVolume) and slice_index is not None:
+    if volumes:
+        if not isinstance(content, MedicalVolume):
+            raise ValueError(f"{item.shown}: a 2-D image, but the model is MedNet-3D and takes volumes (a NIfTI file "
+                             "or a DICOM series folder)")
+        yield None, content
+    elif isinstance(content, MedicalVolume) and slice_index is not None:
         n = content.num_slices(slice_axis)
         index = slice_index % n if -n <= slice_index < n else slice_index  # out of range: slice() says so
         yield index, content.slice(index, slice_axis)
@@ -79,6 +86,7 @@ def predict(
     if not inputs:
         raise ValueError("no inputs: pass files or folders to predict on")
     classifier, processor, device = load_for_use(model, "classifier", device)
+    volumes = getattr(classifier.config, "spatial_dims", 2) == 3  # MedNet-3D: whole volumes, one row each
     names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     k = min(top_k, len(names))
     items, unreadable = walk(inputs)
@@ -116,7 +124,7 @@ def predict(
         for item in tqdm(items, desc="mednet predict", unit="input", disable=not progress):
             shown = item.shown
             try:
-                for index, image in _images(item, slice_axis, slice_stride, slice_index):
+                for index, image in _images(item, slice_axis, slice_stride, slice_index, volumes):
                     # One image at a time through the processor, so that a failure names its file; the model
                     # sees whole batches.
                     pending.append((shown, index, processor(image, return_tensors="pt")["pixel_values"]))

@@ -23,6 +23,7 @@ from mednet_hf.bundled import BUNDLED_DIR
 from mednet_hf.model_card import FIGURES, check_card, render_model_card
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 MAX_BYTES = 25 * 1024 * 1024
 
 
@@ -150,8 +151,10 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="a `mednet pretrain` output folder (results.json, final/)")
     source.add_argument("--device-out", type=Path, help="the files `model_cards/release_run.sh` returned")
+    source.add_argument("--release-run", type=Path, help="a `model_cards/release_cpu.py` run folder (its last cycle ships)")
     source.add_argument("--card-only", action="store_true", help="only render the card from the existing records")
     parser.add_argument("--benchmark", type=Path, help="an existing `mednet benchmark` output folder for this release")
+    parser.add_argument("--other-size", type=int, help="also study the release fine-tuned at this image size (records benchmark-<size>.json)")
     parser.add_argument("--quick", action="store_true", help="the study's quick block")
     parser.add_argument("--task", action="append", help="study tasks to run (default: all)")
     parser.add_argument("--seed", type=int, action="append", help="seeds (default: the study's)")
@@ -165,9 +168,23 @@ def main() -> None:
     if args.card_only:
         render(args.variant, records, bundle)
         return write_readme()
+    previous = json.loads((records / "pretrain.json").read_text()) if (records / "pretrain.json").is_file() else None
     shutil.rmtree(records, ignore_errors=True)
     records.mkdir(parents=True)
-    if args.device_out:
+    if args.release_run:
+        release = json.loads((args.release_run / "release.json").read_text())
+        record = json.loads((args.release_run / "pretrain" / "results.json").read_text())
+        if release["init"] != "scratch" and previous and previous.get("segments"):  # a warm restart: the earlier ones first
+            record["segments"] = previous["segments"] + record["segments"]
+            record["wall_seconds_total"] = sum(s["wall_seconds"] for s in record["segments"])
+            record["cpu_seconds_total"] = sum(s["cpu_seconds"] for s in record["segments"])
+        record.pop("export", None)
+        record["release"] = {k: v for k, v in release.items() if k != "points"} | {
+            "points": [{k: v for k, v in point.items() if k not in ("runs",)} for point in release["points"]]}
+        (records / "pretrain.json").write_text(json.dumps(record, indent=1))
+        bundle = export_bundle(REPO / release["points"][-1]["weights"] if not Path(release["points"][-1]["weights"]).is_absolute()
+                               else Path(release["points"][-1]["weights"]), args.variant)
+    elif args.device_out:
         with tempfile.TemporaryDirectory() as unpacked:
             with tarfile.open(args.device_out / f"{args.variant}-records.tar.gz") as tar:
                 tar.extractall(unpacked, filter="data")
@@ -189,6 +206,16 @@ def main() -> None:
                   label_fractions=args.label_fraction,
                   finetune=study.finetune | ({"epochs": args.epochs} if args.epochs else {}))
         keep_benchmark(out, records)
+    if args.other_size:  # the same study, every model fine-tuned and probed at another size
+        from mednet_hf.training.benchmark import benchmark, load_study, study_file
+
+        study = load_study(study_file(args.variant), quick=args.quick)
+        out = Path(os.environ.get("MEDNET_RUNS", "runs")) / f"benchmark-{args.variant}-release-{args.other_size}"
+        benchmark(args.variant, out, quick=args.quick, tasks=args.task, model=str(bundle), seeds=args.seed,
+                  label_fractions=args.label_fraction, image_size=args.other_size,
+                  finetune=study.finetune | ({"epochs": args.epochs} if args.epochs else {}))
+        shutil.copy2(out / "results.json", records / f"benchmark-{args.other_size}.json")
+        shutil.copy2(out / "results.md", records / f"benchmark-{args.other_size}.md")
     render(args.variant, records, bundle)
     write_readme()
     print(f"bundle: {bundle} ({(bundle / 'model.safetensors').stat().st_size / 2**20:.1f} MiB); "

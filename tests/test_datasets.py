@@ -69,7 +69,9 @@ def test_pneumonia_subset_needs_checks_off_and_says_why(cache_dir):
 
 def test_every_subset_and_size_is_a_config_with_official_urls():
     names = {c.name for c in MedMNIST.BUILDER_CONFIGS}
-    assert len(names) == 48 and {"chestmnist_224", "organsmnist_64", "tissuemnist_128"} <= names
+    # twelve 2-D subsets at 28, 64, 128 and 224 px, six 3-D subsets at 28 and 64 voxels a side
+    assert len(names) == 12 * 4 + 6 * 2 and {"chestmnist_224", "organsmnist_64", "tissuemnist_128"} <= names
+    assert {"adrenalmnist3d_28", "vesselmnist3d_64", "synapsemnist3d_28"} <= names
     chest = MedMNIST(config_name="chestmnist_64").info.features
     assert chest["labels"].feature.num_classes == 14  # multi-label
     from mednet_hf.builders.medmnist_files import url

@@ -4,6 +4,7 @@ one path: the processor given a file or an array, and the dataset row of it, giv
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,18 @@ def test_acs_and_25d_load_the_2d_state_dict_unchanged(gray_2d):
         with torch.no_grad():
             out = loaded.eval()(pixel_values=torch.randn(2, 1, 28, 28, 28))
         assert out.pooler_output.shape == (2, 512) and out.last_hidden_state.ndim == 5
+
+
+def test_auto_classes_convert_a_2d_checkpoint_like_the_model_class(gray_2d):
+    """AutoConfig takes `spatial_dims` into the 2-D checkpoint's config; the weights must still be converted, not
+    left random in a 3-D network that the 2-D weights do not fit."""
+    from transformers import AutoModel
+
+    auto = AutoModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").eval()
+    direct = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").eval()
+    assert auto.config.pretrained_cfg["input_size"] == [1, 28, 28, 28]
+    for key, value in direct.timm_model.state_dict().items():
+        assert torch.equal(auto.timm_model.state_dict()[key], value), key
 
 
 @pytest.mark.slow
@@ -139,3 +152,69 @@ def test_dataset_rows_of_volumes_give_the_processors_tensors(tmp_path):
     for index, name in enumerate(volumes["source_file"]):
         torch.testing.assert_close(transformed[index]["pixel_values"],
                                    processor(str(folder / name), return_tensors="pt")["pixel_values"][0], atol=0, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def classifier_3d(tmp_path_factory):
+    """A MedNet-3D classifier (ACS from the 2-D release, head untrained but saved as a classifier) with its
+    processor: what `mednet finetune` leaves in best/ for a 3-D set."""
+    from mednet_hf import MedNetForImageClassification
+
+    folder = tmp_path_factory.mktemp("gray-3d-classifier")
+    model = MedNetForImageClassification.from_pretrained("mednet/gray", spatial_dims=3, conversion="acs", num_labels=2,
+                                                         id2label={0: "normal", 1: "abnormal"},
+                                                         label2id={"normal": 0, "abnormal": 1}).eval()
+    model.save_pretrained(folder)
+    MedNetImageProcessor.from_pretrained("mednet/gray").save_pretrained(folder)
+    return folder
+
+
+def test_predict_with_a_3d_model_writes_one_row_per_volume(classifier_3d, tmp_path):
+    import csv
+
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from mednet_hf.predict import predict
+
+    inputs = [data_path("nifti/CT_pitch.nii.gz"), data_path(SERIES), data_path("cxr/00000001_000.png")]
+    rows, unreadable = predict(str(classifier_3d), [str(p) for p in inputs], tmp_path / "p.csv", top_k=2,
+                               features=tmp_path / "f.safetensors", progress=False)
+    table = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert rows == 2 and [r["slice"] for r in table] == ["", ""]  # a whole volume, not its slices
+    refused = {Path(u.path).name: u.reason for u in unreadable}
+    assert "takes volumes" in refused["00000001_000.png"]  # a 2-D image is named and skipped, not run as a slab
+    model = AutoModelForImageClassification.from_pretrained(classifier_3d).eval()
+    processor = AutoImageProcessor.from_pretrained(classifier_3d)
+    by_path = {row["path"]: row for row in table}
+    assert set(by_path) == {str(p) for p in inputs[:2]}
+    for path in inputs[:2]:
+        row = by_path[str(path)]
+        with torch.no_grad():
+            probs = model(**processor(str(path), return_tensors="pt")).logits.softmax(-1)[0]
+        assert row["label_1"] == model.config.id2label[int(probs.argmax())]
+        assert abs(float(row["probability_1"]) - float(probs.max())) < 1e-5
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "f.safetensors")["features"].shape == (2, 512)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_3d_model_matches_pytorch(classifier_3d, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+    from transformers import AutoModelForImageClassification
+
+    from mednet_hf.export import export_onnx
+
+    result = export_onnx(str(classifier_3d), tmp_path / "onnx")
+    assert result["output"] == "logits" and result["dynamic"] == "batch, depth, height, width"
+    session = onnxruntime.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    model = AutoModelForImageClassification.from_pretrained(classifier_3d).eval()
+    shapes = [(1, 1, 28, 28, 28), (3, 1, 28, 28, 28), (2, 1, 32, 24, 40)]
+    generator = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        pixels = torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            expected = model(pixel_values=pixels).logits.numpy()
+        (got,) = session.run(None, {"pixel_values": pixels.numpy()})
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

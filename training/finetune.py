@@ -153,6 +153,12 @@ class FinetuneArguments:
         metadata={"help": "the size the model sees (default: the checkpoint's, its pretraining size); the saved model "
                           "and processor keep it"},
     )
+    spatial_dims: int | None = field(
+        default=None,
+        metadata={"help": "3: fine-tune a 2-D checkpoint as MedNet-3D on volumes, converted by --conversion (a 3-D "
+                          "checkpoint is 3-D already)"},
+    )
+    conversion: str | None = field(default=None, metadata={"help": "with --spatial-dims 3: acs (default), i3d or 2.5d"})
     label_fraction: float = field(default=1.0, metadata={"help": "stratified, seeded fraction of the training labels"})
     linear_probe: bool = field(default=False, metadata={"help": "freeze the backbone, train the classifier only"})
     new_head: bool = field(default=False, metadata={"help": "replace a checkpoint's classifier trained for other labels"})
@@ -195,6 +201,7 @@ def finetune(*args, **kwargs) -> dict:
         model, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
         ignore_mismatched_sizes=True, **({"image_size": run.image_size} if run.image_size else {}),
+        **({"spatial_dims": run.spatial_dims, "conversion": run.conversion} if run.spatial_dims or run.conversion else {}),
     )
     # The geometry follows the model's config (its one home), so another image_size reaches the processor and the
     # saved best/ alike; the medical options (intensity, window, slices) are the checkpoint's.
