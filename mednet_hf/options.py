@@ -16,7 +16,7 @@ import typing
 from transformers import HfArgumentParser
 
 # Field metadata that is ours, not argparse's.
-OWN_KEYS = ("positional", "deprecated")
+OWN_KEYS = ("positional",)
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -55,6 +55,16 @@ class CommandParser(HfArgumentParser):
     """`HfArgumentParser`, plus positional fields and repeatable `KEY=VALUE` (dict) fields; fields without a `help`
     text are not options."""
 
+    def _get_option_tuples(self, option_string):
+        # Every option has a dashed and an underscored spelling; an abbreviation that matches both spellings of one
+        # option (`--top` for `--top-k` and `--top_k`) means that option, as it did with one spelling.
+        tuples, seen = [], set()
+        for candidate in super()._get_option_tuples(option_string):
+            if id(candidate[0]) not in seen:
+                seen.add(id(candidate[0]))
+                tuples.append(candidate)
+        return tuples
+
     @staticmethod
     def _parse_dataclass_field(parser, field):
         metadata = dict(field.metadata)
@@ -67,6 +77,19 @@ class CommandParser(HfArgumentParser):
         if _is_dict(field):
             parser.add_argument(flag(field), f"--{field.name}", dest=field.name, type=key_value, action="append",
                                 default=None, metavar="KEY=VALUE", help=metadata["help"])
+            return
+        if field.type is bool:
+            # `--flag` / `--no-flag` taking no value, as argparse's store_true did: HfArgumentParser's optional
+            # value would take the positional argument after the flag (`--strict a.png`) as the flag's value.
+            names = list(dict.fromkeys([flag(field), f"--{field.name}"]))
+            parser.add_argument(*names, dest=field.name, action="store_true", default=field.default, help=metadata["help"])
+            # `--no-x` (and HfArgumentParser's `--no_x`) turn it off: shown where it is on by default. Not argparse's
+            # BooleanOptionalAction, which reads an option named `--no-checks` itself as the negation.
+            negations = [n for n in dict.fromkeys([*(f"--no-{n[2:]}" for n in names), f"--no_{field.name}"])
+                         if n not in parser._option_string_actions]
+            if negations:
+                parser.add_argument(*negations, dest=field.name, action="store_false",
+                                    help=f"turn off {names[0]}" if field.default is True else argparse.SUPPRESS)
             return
         if field.type is list:  # a list of lists (a schedule): JSON
             parser.add_argument(flag(field), f"--{field.name}", dest=field.name, type=json_list, default=None,

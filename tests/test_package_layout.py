@@ -146,3 +146,22 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     assert roots == {"mednet_hf"} and top_level == ["mednet_hf"]
     assert {"mednet_hf/builders/medical_imagefolder.py", "mednet_hf/training/pretrain.py",
             "mednet_hf/training/configs/gray.yaml", "mednet_hf/bundled/gray/model.safetensors"} <= set(names)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    # a flag takes no value: the positional argument after it stays an input
+    (["predict", "--model", "m", "--strict", "a.png", "--output", "o.csv"], {"strict": True, "inputs": ["a.png"]}),
+    (["data", "prepare", "--no-checks", "medmnist"], {"no_checks": True, "name": "medmnist"}),
+    (["data", "push", "--private", "medmnist", "--repo-id", "x/y"], {"private": True, "name": "medmnist"}),
+    # an abbreviation of an option with a dashed and an underscored spelling is that option
+    (["predict", "--model", "m", "a.png", "--top", "2", "--batch", "8", "--output", "o"], {"top_k": 2, "batch_size": 8}),
+    (["pretrain", "--recipe", "r.yaml", "--cache", "/c", "--output-dir", "o"], {"cache_dir": "/c"}),
+    # on by default: --no-x (and HfArgumentParser's --no_x) turn it off; recipe overrides stay unset unless given
+    (["finetune", "--model", "m", "--dataset", "d", "--no_augment", "--hflip"], {"augment": False, "hflip": True}),
+    (["pretrain", "--recipe", "r.yaml", "--no-channels-last", "--output-dir", "o"], {"channels_last": False, "compile": None}),
+])
+def test_command_lines_of_the_argparse_cli_still_parse_the_same(argv, expected):
+    from mednet_hf.cli import build_parser
+
+    parsed = vars(build_parser().parse_args(argv))
+    assert {k: parsed[k] for k in expected} == expected

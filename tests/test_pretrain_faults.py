@@ -30,6 +30,7 @@ def _recipe(tmp_path: Path, **overrides) -> Path:
               "checkpoint_every": 2, "log_every": 1, "mixed_precision": "no",  # fp32: exact comparisons (README)
               "cache_dir": str(tmp_path / "cache"), "sources": [PNEUMONIA],
               "objectives": {"supervised": {"weight": 1.0}}, **overrides}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -218,3 +218,21 @@ def test_onnx_export_of_a_3d_model_matches_pytorch(classifier_3d, tmp_path):
             expected = model(pixel_values=pixels).logits.numpy()
         (got,) = session.run(None, {"pixel_values": pixels.numpy()})
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_finetune_turns_the_2d_release_into_a_3d_classifier_on_adrenalmnist3d(tmp_path):
+    """`mednet finetune --spatial-dims 3 --conversion acs` on a real 3-D set: the saved best/ is MedNet-3D with its
+    volume processor, and its test scores come from whole volumes."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from mednet_hf.training.finetune import finetune
+
+    results = finetune("mednet/gray", "medmnist:adrenalmnist3d", str(data_path("medmnist3d")), output_dir=str(tmp_path / "run"),
+                       spatial_dims=3, conversion="acs", label_fraction=0.1, epochs=1, batch_size=16, report_to="none")
+    assert 0.0 <= results["test"]["test_auroc"] <= 1.0
+    best = tmp_path / "run" / "best"
+    model = AutoModelForImageClassification.from_pretrained(best)
+    assert model.config.spatial_dims == 3 and model.config.conversion == "acs"
+    processor = AutoImageProcessor.from_pretrained(best)
+    assert processor.slice_policy == "volume" and processor.volume_size == [28, 28, 28]

@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -157,12 +157,12 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, ke
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    except OSError as e:  # ENOSPC, EFBIG, EDQUOT ...
+    except (OSError, SafetensorError) as e:  # ENOSPC, EFBIG, EDQUOT ... (safetensors reports them as its own error)
         shutil.rmtree(tmp, ignore_errors=True)
         previous = _checkpoints(output_dir)
         raise CheckpointError(
             f"the checkpoint of step {state['step']} could not be written to {tmp} ({type(e).__name__}: "
-            f"{e.strerror or e}); {f'the previous one, {previous[-1]}, is intact' if previous else 'no earlier checkpoint exists'}. "
+            f"{getattr(e, 'strerror', None) or e}); {f'the previous one, {previous[-1]}, is intact' if previous else 'no earlier checkpoint exists'}. "
             "Free some space, then resume with --resume") from e
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

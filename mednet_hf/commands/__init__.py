@@ -26,11 +26,7 @@ class Command:
 def add_command(subparsers, command: Command, name: str) -> argparse.ArgumentParser:
     types = [command.options] + ([command.overrides] if command.overrides else [])
     parser = subparsers.add_parser(name, help=command.help, description=command.help, dataclass_types=types)
-    if command.overrides:  # unset unless given: the recipe supplies the rest, and a True there can be turned off
-        for f in dataclasses.fields(command.overrides):
-            if f.type is bool and f.default is False and "help" in f.metadata:
-                parser.add_argument(f"--no-{f.name.replace('_', '-')}", f"--no_{f.name}", dest=f.name,
-                                    action="store_false", help=argparse.SUPPRESS)
+    if command.overrides:  # unset unless given: the recipe supplies the rest (a True there turns off with --no-x)
         parser.set_defaults(**{f.name: None for f in dataclasses.fields(command.overrides)})
     parser.set_defaults(_command=command)
     return parser
