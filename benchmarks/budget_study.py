@@ -34,6 +34,13 @@ METRICS = {"finetune 1%": ("finetune", 0.01), "finetune 10%": ("finetune", 0.1),
            "kNN": ("frozen", "knn")}
 
 
+def write_json(path: Path, value) -> None:
+    """Whole or not at all: a run resumes from these files after a kill at any moment."""
+    written = path.with_name(f".{path.name}.tmp")
+    written.write_text(json.dumps(value, indent=1))
+    os.replace(written, path)
+
+
 def launcher(launch: dict) -> tuple[list[str], dict]:
     """The command prefix and environment that run `mednet` with the study's process layout on this CPU."""
     processes, threads = int(launch.get("processes", 1)), int(launch.get("threads_per_process", os.cpu_count() or 1))
@@ -116,7 +123,7 @@ def plan_arm(arm: dict, study: dict, budget_minutes: float, out: Path) -> dict:
     planned = out / "arms" / arm["name"] / "plan.json"
     if not planned.is_file():
         planned.parent.mkdir(parents=True, exist_ok=True)
-        planned.write_text(json.dumps(plan(arm, study, budget_minutes, out), indent=1))
+        write_json(planned, plan(arm, study, budget_minutes, out))
     return json.loads(planned.read_text())
 
 
@@ -252,7 +259,7 @@ def main() -> None:
 
     results = {"budget_cpu_minutes": budget, "study": relative(args.study), "device": device_name(torch.device("cpu")),
                "evaluation": study["evaluation"], "launch": study["launch"], "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "budget.png")
     print(markdown(results))

@@ -206,8 +206,8 @@ class MedicalImageFolder(MedicalBuilder):
         return row
 
     def _generate_examples(self, root: Path, files: dict[str, Path], labels):
-        errors, key = [], 0
-        for item in group_files(list(files.values())):  # DICOM slices of one volume become one series item
+        errors, key, not_volumes = [], 0, []
+        for item in group_files(list(files.values()), root):  # DICOM slices of one volume become one series item
             rel = item.path.relative_to(root).as_posix()  # a series: its folder ("." at the top)
             label = None if labels is None else labels.get(rel)
             if labels is not None and label is None:  # a series: its label is its folder's
@@ -218,7 +218,8 @@ class MedicalImageFolder(MedicalBuilder):
             try:
                 if self.config.volumes:
                     if item.reader not in ("nifti", "dicom_series"):
-                        continue  # a 2-D image is no volume
+                        not_volumes.append(shown)  # a 2-D image is no volume: left out, and said below
+                        continue
                     rows = [self._volume_row(shown, item, label)]
                 else:
                     rows = [self._row(shown, index, content, label) for index, content in self._slices(item)]
@@ -228,6 +229,12 @@ class MedicalImageFolder(MedicalBuilder):
             for row in rows:
                 yield key, row
                 key += 1
+        if not_volumes:
+            logger.warning("volumes=True: %d 2-D file(s) under %s left out (not a NIfTI volume or a DICOM series), "
+                           "e.g. %s", len(not_volumes), root, ", ".join(not_volumes[:3]))
+            if key == 0 and not errors:
+                raise DataFileError(f"volumes=True: no NIfTI volume or DICOM series under {root}, only "
+                                    f"{len(not_volumes)} 2-D file(s) (e.g. {not_volumes[0]})")
         if errors:
             listing = "\n".join(f"  {rel}: {why}" for rel, why in errors)
             message = f"{len(errors)} unreadable file(s) under {root}:\n{listing}"

@@ -1,6 +1,6 @@
 """MedMNIST v3: the 12 2-D subsets at 28, 64, 128 and 224 px and the 6 3-D ones at 28³ and 64³ voxels as
 `datasets` builder configs. 2-D rows hold an `image`; 3-D rows a `volume` (`Array3D`, uint8, depth × height × width
-as the file stores it), which `MedNetVolumeProcessor` takes.
+as the file stores it), which `MedNetImageProcessor(slice_policy="volume")` takes.
 
     MedMNIST(config_name="organamnist_28", data_dir="../shared/data/medmnist").download_and_prepare()
     MedMNIST(config_name="adrenalmnist3d_28", data_dir="../shared/data/medmnist3d").download_and_prepare()

@@ -28,7 +28,7 @@ def _builder(name: str, config: str | None, size: int | None, data_dir, cache_di
         config_name = f"{subset}_{size or named_size or 28}"
         known = [c.name for c in builder_cls.BUILDER_CONFIGS]
         if config_name not in known:
-            raise ValueError(f"unknown MedMNIST config {config_name!r}; subsets: {sorted({k.rsplit('_', 1)[0] for k in known})}, sizes 28/64/128/224")
+            raise ValueError(f"unknown MedMNIST config {config_name!r}; subsets: {sorted({k.rsplit('_', 1)[0] for k in known})}, sizes 28/64/128/224 (3-D subsets: 28 and 64)")
         return builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
     if size is not None or config is not None:
         raise ValueError(f"{name} has no config or size to choose")

@@ -3,8 +3,8 @@
 A folder is searched recursively (hidden files and folders left out). Every file the reader table accepts is one
 item, except DICOM files that are slices of one volume (per folder and SeriesInstanceUID, checked by
 `dicom_series.is_one_volume`), which are one series item. Files the table does not accept (notes, JSON annotations)
-are listed as unreadable with the reason. Each item carries the PatientName/PatientID values of its DICOM headers,
-so that whoever shows its path can scrub them (`phi.scrub_path`).
+are listed as unreadable with the reason. Each item carries the PatientName/PatientID values of its DICOM headers and
+of the DICOM files in its folders (`folder_phi`), so that whoever shows its path can scrub them (`phi.scrub_path`).
 """
 
 from dataclasses import dataclass, field
@@ -68,8 +68,27 @@ def files_under(root: Path) -> list[Path]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def group_files(paths: list[Path]) -> list[FileItem]:
-    """Files the reader table accepts → items (DICOM slices of one volume grouped), sorted by path."""
+def folder_phi(items: list[FileItem], root: Path) -> dict[Path, set[str]]:
+    """Each folder below `root` → the patient names and IDs of the DICOM items beneath it: a folder named after
+    the patient is recognised in the path of every file it holds, not only in its DICOM files' paths (a PNG shown in
+    clear beside the DICOM's `phi-<hash>` would undo it). `root` itself is left out: it holds everyone's files."""
+    below: dict[Path, set[str]] = {}
+    for item in items:
+        for folder in [item.path, *item.path.parents] if item.phi else []:
+            if folder == root or root not in folder.parents:
+                break
+            below.setdefault(folder, set()).update(item.phi)
+    return below
+
+
+def phi_around(path: Path, below: dict[Path, set[str]]) -> set[str]:
+    """The values of `folder_phi` for the folders on `path`."""
+    return set().union(*(below.get(folder, set()) for folder in [path, *path.parents]))
+
+
+def group_files(paths: list[Path], root: Path | None = None) -> list[FileItem]:
+    """Files the reader table accepts → items (DICOM slices of one volume grouped), sorted by path. Under `root`,
+    each item also carries the patient names and IDs of the DICOM files in its folders (`folder_phi`)."""
     items, dicom = [], []
     for path in paths:
         reader = reader_for(path)
@@ -81,6 +100,10 @@ def group_files(paths: list[Path]) -> list[FileItem]:
     for group in group_volumes(dicom):
         phi = set().union(*(phi_values(headers[p]) for p in group if headers[p] is not None))
         items.append(FileItem("dicom_series" if len(group) > 1 else "dicom", group, phi))
+    if root is not None:
+        below = folder_phi(items, Path(root))
+        for item in items:
+            item.phi = item.phi | phi_around(item.path, below)
     return sorted(items, key=lambda item: str(item.path))
 
 
@@ -93,17 +116,21 @@ def walk(inputs) -> tuple[list[FileItem], list[Unreadable]]:
         if not root.exists():
             unreadable.append(Unreadable(scrub_path(str(raw)), "no such file or folder"))
             continue
-        found = []
+        found, refused = [], []
         for path in [root] if root.is_file() else files_under(root):
             reader = reader_for(path)
             if reader is None:
-                shown = scrub_path(str(path), file_phi_values(path) if root.is_file() else set())
-                unreadable.append(Unreadable(shown, f"not a file type mednet reads ({_suffix(path)})"))
+                refused.append(path)
             elif root.is_file():
                 items.append(FileItem(reader.name, [path], file_phi_values(path)))
             else:
                 found.append(path)
-        items.extend(group_files(found))
+        grouped = group_files(found, None if root.is_file() else root)
+        items.extend(grouped)
+        below = {} if root.is_file() else folder_phi(grouped, root)
+        for path in refused:
+            phi = file_phi_values(path) if root.is_file() else phi_around(path, below)
+            unreadable.append(Unreadable(scrub_path(str(path), phi), f"not a file type mednet reads ({_suffix(path)})"))
     return sorted(items, key=lambda item: str(item.path)), unreadable
 
 
@@ -111,4 +138,4 @@ def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) or "no suffix"
 
 
-__all__ = ["FileItem", "Unreadable", "file_phi_values", "files_under", "group_files", "walk"]
+__all__ = ["FileItem", "Unreadable", "file_phi_values", "files_under", "folder_phi", "group_files", "phi_around", "walk"]

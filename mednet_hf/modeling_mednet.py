@@ -74,7 +74,7 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: MedNetConfig) -> tor
         raise ValueError(
             f"MedNet ({config.variant}{', 3-D' if three_d else ''}) expects pixel_values of shape "
             f"(batch, {config.num_channels}, {shape}){luma}, got {tuple(pixel_values.shape)}. "
-            f"Use {'MedNetVolumeProcessor' if three_d else 'MedNetImageProcessor'}, which applies the channel policy."
+            f"Use MedNetImageProcessor{'(slice_policy=volume)' if three_d else ''}, which applies the channel policy."
         )
     return pixel_values
 
@@ -108,6 +108,10 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
         starts MedNet-3D: its weights are loaded into the converted network, unchanged for ACS and 2.5D, inflated
         along depth for I3D. A saved 3-D checkpoint loads as it is."""
         given = kwargs.get("config")
+        if isinstance(given, MedNetConfig) and (given.spatial_dims not in (2, 3) or (given.spatial_dims == 2 and given.conversion)):
+            # AutoConfig sets keywords after MedNetConfig's own checks: check them here
+            raise ValueError(f"{pretrained_model_name_or_path}: spatial_dims {given.spatial_dims!r} with conversion "
+                             f"{given.conversion!r}; pass spatial_dims=3 (and conversion acs, i3d or 2.5d), or neither")
         if spatial_dims is None and isinstance(given, MedNetConfig) and given.spatial_dims == 3:
             # `AutoModel.from_pretrained(id, spatial_dims=3)`: AutoConfig took the keyword into the 2-D checkpoint's
             # config, and loading 2-D weights into that 3-D network would leave it random. Convert instead.
@@ -116,19 +120,19 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
                 spatial_dims, conversion = 3, given.conversion
                 flat = copy.deepcopy(given)
                 flat.spatial_dims, flat.conversion = 2, None
-                flat.pretrained_cfg["input_size"] = [flat.num_channels, *[flat.image_size] * 2]
+                flat.image_size = flat.image_size  # input_size for 2-D (the setter is the one rule)
                 kwargs["config"] = flat
         if spatial_dims in (None, 2) and conversion is None:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         two_d = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if two_d.config.spatial_dims == spatial_dims and two_d.config.conversion == (conversion or "acs"):
-            return two_d
+        if two_d.config.spatial_dims == 3 and spatial_dims in (None, 3) and conversion in (None, two_d.config.conversion):
+            return two_d  # a 3-D checkpoint, asked for as what it is
         if two_d.config.spatial_dims != 2 or spatial_dims != 3:
             raise ValueError(f"{pretrained_model_name_or_path}: a {two_d.config.spatial_dims}-D checkpoint cannot start "
                              f"a {spatial_dims}-D model with conversion {conversion!r}; convert 2-D weights only")
         config = copy.deepcopy(two_d.config)
         config.spatial_dims, config.conversion = 3, conversion or "acs"
-        config.pretrained_cfg["input_size"] = [config.num_channels, *[config.image_size] * 3]
+        config.image_size = config.image_size  # input_size for 3-D
         model = cls(config)
         state = inflate_state_dict(two_d.timm_model.state_dict(), model.timm_model)
         model.timm_model.load_state_dict(state)  # strict: every key of the 2-D network, nothing else
@@ -147,14 +151,15 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
         old_channels = config.num_channels
         config.variant = variant
         config.model_args["in_chans"] = VARIANTS[variant]["num_channels"]
-        config.pretrained_cfg.update(
-            input_size=[config.num_channels, config.image_size, config.image_size],
-            mean=list(VARIANTS[variant]["image_mean"]), std=list(VARIANTS[variant]["image_std"]),
-        )
+        config.image_size = config.image_size  # input_size with the new channel count (and 2 or 3 spatial dims)
+        config.pretrained_cfg.update(mean=list(VARIANTS[variant]["image_mean"]), std=list(VARIANTS[variant]["image_std"]))
         new = type(self)(config)
         state = self.timm_model.state_dict()
         key = f"{config.pretrained_cfg['first_conv']}.weight"
-        state[key] = adapt_input_conv(config.num_channels, state[key], base_chans=old_channels)
+        kernel = state[key]  # (out, in, [depth,] height, width): timm adapts 2-D kernels along `in`
+        flat = kernel.flatten(2, 3) if kernel.ndim == 5 else kernel
+        adapted = adapt_input_conv(config.num_channels, flat, base_chans=old_channels)
+        state[key] = adapted.reshape(adapted.shape[0], adapted.shape[1], *kernel.shape[2:])
         new.timm_model.load_state_dict(state)
         return new
 

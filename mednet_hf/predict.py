@@ -147,4 +147,21 @@ def predict(
     return rows, unreadable
 
 
-__all__ = ["Unreadable", "file_phi_values", "phi_values", "predict", "probabilities", "scrub_path"]
+def load(model: str, device: str | None = None):
+    """Deprecated: `mednet_hf.loading.load_for_use(model, "classifier", device)`, the one loader."""
+    import warnings
+
+    warnings.warn("mednet_hf.predict.load is deprecated; use mednet_hf.loading.load_for_use(model, 'classifier', device)",
+                  FutureWarning, stacklevel=2)
+    return load_for_use(model, "classifier", device)
+
+
+def collect(inputs):
+    """Deprecated: `mednet_hf.medical_files.walk(inputs)`, the one walk of files and folders."""
+    import warnings
+
+    warnings.warn("mednet_hf.predict.collect is deprecated; use mednet_hf.medical_files.walk", FutureWarning, stacklevel=2)
+    return walk(inputs)
+
+
+__all__ = ["Unreadable", "collect", "file_phi_values", "load", "phi_values", "predict", "probabilities", "scrub_path"]

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from budget_study import evaluate, launcher, pretrain_command, probe, relative, run  # noqa: E402
+from budget_study import evaluate, launcher, pretrain_command, probe, relative, run, write_json  # noqa: E402
 
 # The benchmark point of each variant: its out-of-domain target, the budget study's protocol.
 EVALUATION = {
@@ -89,7 +89,7 @@ def main() -> None:
                  "cpu_seconds_per_step": cost, "cores": cores, "cycle_steps": cycle_steps,
                  "warmup_steps": max(10, cycle_steps // 20), "hours": args.hours, "evaluation": EVALUATION[args.variant],
                  "points": [], "stopped": None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        state_path.write_text(json.dumps(state, indent=1))
+        write_json(state_path, state)
     prefix, env = launcher(state["launch"])
     pretrain_dir = run_dir / "pretrain"
     while state["stopped"] is None:
@@ -108,8 +108,11 @@ def main() -> None:
         record = json.loads(record_path.read_text())
         point_dir = run_dir / "points" / f"cycle-{cycle}"
         if not (point_dir / "model.safetensors").is_file():  # this cycle's annealed weights, kept for the release
+            copying = point_dir.with_name(f".{point_dir.name}.tmp")  # copied whole, then renamed: never half a point
+            shutil.rmtree(copying, ignore_errors=True)
+            shutil.copytree(pretrain_dir / "final", copying)
             shutil.rmtree(point_dir, ignore_errors=True)
-            shutil.copytree(pretrain_dir / "final", point_dir)
+            os.replace(copying, point_dir)
         print(f"cycle {cycle}: benchmark point", flush=True)
         study = {"evaluation": state["evaluation"]}
         point = evaluate(f"cycle-{cycle}", str(point_dir), "mednet", study, run_dir)
@@ -126,7 +129,7 @@ def main() -> None:
                                            "the seeds' spread on every row", "compared": [earlier[-1]["cycle"], cycle], "rows": notes}
         if state["stopped"] is None and hours >= state["hours"] - 0.05:
             state["stopped"] = {"why": f"{state['hours']:g} hours of training reached", "compared": None, "rows": []}
-        state_path.write_text(json.dumps(state, indent=1))
+        write_json(state_path, state)
     print(f"stopped: {state['stopped']['why']}; weights: {state['points'][-1]['weights']}")
 
 

@@ -165,3 +165,17 @@ def test_command_lines_of_the_argparse_cli_still_parse_the_same(argv, expected):
 
     parsed = vars(build_parser().parse_args(argv))
     assert {k: parsed[k] for k in expected} == expected
+
+
+def test_the_old_predict_helpers_still_work_and_say_what_replaces_them():
+    from conftest import data_path
+
+    from mednet_hf.medical_files import walk
+    from mednet_hf.predict import collect, load
+
+    inputs = [str(data_path("cxr/00000001_000.png"))]
+    with pytest.warns(FutureWarning, match="medical_files.walk"):
+        items, unreadable = collect(inputs)
+    assert [i.shown for i in items] == [i.shown for i in walk(inputs)[0]] and not unreadable
+    with pytest.warns(FutureWarning, match="load_for_use"), pytest.raises(ValueError, match="without a trained classification head"):
+        load("mednet/gray")  # the one loader's checks: a backbone is not a classifier

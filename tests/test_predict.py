@@ -148,6 +148,19 @@ def test_a_folder_named_after_the_patient_is_hidden(model_dir, tmp_path):
     assert "CompressedSamples" not in text and "phi-" in text and text.count("/image.dcm") == 1
 
 
+def test_every_file_in_a_patient_named_folder_is_hidden_not_only_the_dicom(model_dir, tmp_path):
+    """A PNG or a note beside the DICOM, shown with the folder's name in clear, would undo the DICOM's `phi-<hash>`."""
+    folder = tmp_path / "CompressedSamples_CT1"
+    folder.mkdir()
+    shutil.copy(data_path("dicom/CT_small.dcm"), folder / "image.dcm")
+    shutil.copy(data_path("cxr/00000001_000.png"), folder / "screenshot.png")
+    (folder / "notes.txt").write_text("seen")
+    rows, unreadable = predict(str(model_dir), [tmp_path], tmp_path / "p.csv", top_k=1, progress=False)
+    text = (tmp_path / "p.csv").read_text()
+    assert rows == 2 and [Path(u.path).name for u in unreadable] == ["notes.txt"]
+    assert "CompressedSamples" not in text + unreadable[0].path and text.count("phi-") == 2
+
+
 def test_bad_options_name_the_problem(model_dir, tmp_path):
     with pytest.raises(ValueError, match="slice_stride"):
         predict(str(model_dir), [data_path("cxr")], tmp_path / "p.csv", slice_stride=0)

@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -225,3 +226,25 @@ def _children(pid: int) -> list[int]:
     """Every descendant of `pid` (the launcher's torchrun and its worker)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(c) for c in out] + [g for c in out for g in _children(int(c))]
+
+
+def test_a_run_killed_between_its_last_checkpoint_and_its_export_resumes_into_the_export(tmp_path):
+    """The drivers rerun the same command after the end of a session: a checkpoint at the last step must finish the
+    run (export and record), not ask for more steps."""
+    recipe, out = _recipe(tmp_path, steps=4), tmp_path / "run"
+    done = subprocess.run(_pretrain(recipe, out), env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = json.loads((out / "results.json").read_text())
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "final")
+    (out / "results.json").unlink()  # as if killed after the step-4 checkpoint, before the export
+    again = subprocess.run(_pretrain(recipe, out, "--resume"), env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads((out / "results.json").read_text())
+    assert (out / "final" / "model.safetensors").read_bytes() == weights
+    # the segment as its last checkpoint saw it (the uninterrupted record adds the seconds of that checkpoint)
+    def timeless(record):
+        return [{k: v for k, v in s.items() if k not in ("wall_seconds", "cpu_seconds")} for s in record["segments"]]
+
+    assert second["steps"] == 4 and timeless(second) == timeless(first) and len(second["segments"]) == 1
+    assert second["final_losses"] == first["final_losses"]

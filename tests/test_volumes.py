@@ -236,3 +236,58 @@ def test_finetune_turns_the_2d_release_into_a_3d_classifier_on_adrenalmnist3d(tm
     assert model.config.spatial_dims == 3 and model.config.conversion == "acs"
     processor = AutoImageProcessor.from_pretrained(best)
     assert processor.slice_policy == "volume" and processor.volume_size == [28, 28, 28]
+
+
+def test_finetune_conversion_options_are_checked_and_a_3d_checkpoint_stays_as_it_is(tmp_path):
+    from transformers import AutoModel
+
+    from mednet_hf.training.finetune import FinetuneArguments, _conversion
+
+    folder = tmp_path / "i3d"
+    MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").save_pretrained(folder)
+    for spatial_dims, conversion, message in [(None, "acs", "add --spatial-dims 3"), (2, "acs", "add --spatial-dims 3"),
+                                              (2, None, "cannot be fine-tuned in 2-D"), (4, None, "must be 2 or 3"),
+                                              (3, "acs3d", "must be acs, i3d or 2.5d")]:
+        with pytest.raises(ValueError, match=message):
+            _conversion(str(folder), FinetuneArguments(model=str(folder), dataset="x", spatial_dims=spatial_dims,
+                                                       conversion=conversion))
+    # --spatial-dims 3 on a 3-D checkpoint: the checkpoint as it is (its own conversion), not a second conversion
+    keywords = _conversion(str(folder), FinetuneArguments(model=str(folder), dataset="x", spatial_dims=3))
+    loaded = AutoModel.from_pretrained(folder, **keywords)
+    assert loaded.config.spatial_dims == 3 and loaded.config.conversion == "i3d"
+    with pytest.raises(ValueError, match="spatial_dims=3"):  # AutoConfig took `conversion` past MedNetConfig's checks
+        AutoModel.from_pretrained("mednet/gray", conversion="acs")
+
+
+@pytest.mark.parametrize("conversion", ["acs", "i3d"])
+def test_convert_variant_keeps_a_3d_model_3d(conversion):
+    """gray → color on MedNet-3D: a 3-D config (so a volume processor) and the same features for a gray volume."""
+    gray = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion=conversion).eval()
+    color = gray.convert_variant("color").eval()
+    assert color.config.pretrained_cfg["input_size"] == [3, 28, 28, 28]
+    assert MedNetImageProcessor.from_model_config(color.config).slice_policy == "volume"
+    volume = torch.rand(1, 1, 28, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(color(pixel_values=volume.expand(-1, 3, -1, -1, -1)).pooler_output,
+                                   gray(pixel_values=volume).pooler_output, atol=1e-5, rtol=0)
+
+
+def test_a_3d_checkpoint_card_does_not_promise_timm(tmp_path):
+    from mednet_hf.model_card import checkpoint_card
+
+    MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="acs").save_pretrained(tmp_path / "m")
+    card = str(checkpoint_card(tmp_path / "m", "you/gray-3d"))
+    assert "timm.create_model" not in card and "28³ voxels" in card and "timm cannot build it" in card
+
+
+def test_an_image_folder_of_volumes_says_what_it_left_out(tmp_path, caplog):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    shutil.copy(data_path("cxr/00000001_000.png"), folder / "a.png")
+    with pytest.raises(ValueError, match="no NIfTI volume or DICOM series.*a.png"):
+        load_medical_dataset("imagefolder", data_dir=folder, cache_dir=tmp_path / "cache", volumes=True, drop_labels=True)
+    (folder / "ct.nii.gz").symlink_to(data_path("nifti/CT_pitch.nii.gz"))
+    with caplog.at_level("WARNING"):
+        built = load_medical_dataset("imagefolder", data_dir=folder, cache_dir=tmp_path / "cache2", volumes=True,
+                                     drop_labels=True)["train"]
+    assert built["source_file"] == ["ct.nii.gz"] and "1 2-D file(s)" in caplog.text and "a.png" in caplog.text

@@ -104,6 +104,7 @@ def prepare_inits(study: Study, work: Path) -> tuple[dict[str, str], dict[str, s
     from transformers import AutoConfig, AutoImageProcessor
 
     from mednet_hf import MedNetModel
+    from mednet_hf.conversion_3d import inflate_state_dict
 
     reference = study.source_2d or study.model  # the architecture and preprocessing every initialisation shares
     config, processor = AutoConfig.from_pretrained(reference), AutoImageProcessor.from_pretrained(reference)
@@ -137,7 +138,7 @@ def prepare_inits(study: Study, work: Path) -> tuple[dict[str, str], dict[str, s
             except Exception as e:  # offline, no weights for this architecture, hub error: all end here
                 skipped[init] = f"timm's ImageNet weights for {config.architecture} are not reachable ({type(e).__name__})"
                 continue
-            model.timm_model.load_state_dict(weights.state_dict())
+            model.timm_model.load_state_dict(inflate_state_dict(weights.state_dict(), model.timm_model))  # 3-D: converted
         folder = work / f"init-{init}"
         model.save_pretrained(folder)
         processor.save_pretrained(folder)  # beside a 3-D config it reads volumes (slice_policy from the config)

@@ -177,6 +177,24 @@ class FinetuneArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "Trainer loggers: tensorboard, none, ..."})
 
 
+def _conversion(model: str, run: FinetuneArguments) -> dict:
+    """The `from_pretrained` keywords that make `--spatial-dims 3 [--conversion]` MedNet-3D, checked first."""
+    if run.spatial_dims not in (None, 2, 3):
+        raise ValueError(f"--spatial-dims must be 2 or 3, got {run.spatial_dims}")
+    if run.conversion is not None and run.spatial_dims != 3:
+        raise ValueError(f"--conversion {run.conversion} converts a 2-D checkpoint to 3-D: add --spatial-dims 3")
+    if run.conversion not in (None, "acs", "i3d", "2.5d"):
+        raise ValueError(f"--conversion must be acs, i3d or 2.5d, got {run.conversion!r}")
+    if run.spatial_dims == 2:
+        from transformers import AutoConfig
+
+        if getattr(AutoConfig.from_pretrained(model), "spatial_dims", 2) == 3:
+            raise ValueError(f"{model}: a 3-D checkpoint cannot be fine-tuned in 2-D (--spatial-dims 2)")
+    if run.spatial_dims != 3:
+        return {}
+    return {"spatial_dims": 3} | ({"conversion": run.conversion} if run.conversion else {})
+
+
 def finetune(*args, **kwargs) -> dict:
     """Fine-tune `model` (a saved MedNet folder or Hub id) on `dataset` (`"medmnist:pneumoniamnist"`,
     `"imagefolder"`, `"chestxray14"`); returns and writes `output_dir/results.json`. Takes a `FinetuneArguments`
@@ -201,7 +219,7 @@ def finetune(*args, **kwargs) -> dict:
         model, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
         ignore_mismatched_sizes=True, **({"image_size": run.image_size} if run.image_size else {}),
-        **({"spatial_dims": run.spatial_dims, "conversion": run.conversion} if run.spatial_dims or run.conversion else {}),
+        **_conversion(model, run),
     )
     # The geometry follows the model's config (its one home), so another image_size reaches the processor and the
     # saved best/ alike; the medical options (intensity, window, slices) are the checkpoint's.

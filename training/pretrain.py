@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
+from mednet_hf.conversion_3d import inflate_state_dict
 from mednet_hf.loading import weights_sha256
 
 from .augment import step_generator
@@ -74,7 +75,8 @@ def _imagenet_init(backbone: MedNetModel, architecture: str) -> None:
             f"({type(e).__name__}: {e}). Run once with network access (HF_HUB_OFFLINE unset) so timm caches them, "
             "or use init: scratch."
         ) from e
-    backbone.get_encoder().load_state_dict(source.state_dict())
+    encoder = backbone.get_encoder()
+    encoder.load_state_dict(inflate_state_dict(source.state_dict(), encoder))  # MedNet-3D: 2-D kernels converted
 
 
 def _warm_start(backbone: MedNetModel, init: str) -> None:
@@ -306,7 +308,8 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     saved = _validate_checkpoint(checkpoint) if checkpoint else None
     if saved and saved["recipe"]["backbone"] != recipe.backbone:
         raise CheckpointError(f"checkpoint {checkpoint} is a {saved['recipe']['backbone']} run, the recipe asks for {recipe.backbone}")
-    if saved and saved["step"] >= recipe.steps:
+    # A checkpoint at the last step (a run killed between it and its export) resumes into the export alone.
+    if saved and saved["step"] > recipe.steps:
         raise CheckpointError(f"checkpoint {checkpoint} is at step {saved['step']}, and the recipe ends at step "
                               f"{recipe.steps}: pass a larger --steps to train on")
 
@@ -332,11 +335,12 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     if accelerator.is_main_process:  # what a write killed half-way left: never a checkpoint, only disk space
         for stale in (output_dir / "checkpoints").glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    datas = {}
+    datas, step = {}, 0
     try:
-        with accelerator.main_process_first():  # one process decodes the sources into the cache, the others read it
-            for size in recipe.image_sizes:  # one uint8 copy of every source per resolution the run trains at
-                datas[size] = pretraining_data(dataclasses.replace(recipe, image_size=size), rank, world).to(device)
+        # One process decodes each source into the cache and the others wait on its file lock (`write_entry`), not
+        # in a collective: a first decode may take longer than `collective_timeout`, which is for lost peers.
+        for size in recipe.image_sizes:  # one uint8 copy of every source per resolution the run trains at
+            datas[size] = pretraining_data(dataclasses.replace(recipe, image_size=size), rank, world).to(device)
         data = datas[recipe.image_size]
         set_seed(recipe.seed)  # after decoding, which may draw from the global generator (a first run decodes, a later one not)
         heads = [(i, c, s.loss_weight) for i, (c, s) in enumerate(zip(data.classes, recipe.sources)) if c]
@@ -423,7 +427,13 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
                 optimizer.step()
                 unstable = 0
             else:
-                skipped, unstable = skipped + 1, unstable + 1
+                if accelerator.scaler is not None:
+                    # fp16: the loss scaler has unscaled these gradients and must see the step, which it skips
+                    # itself while lowering the scale (an overflow in the first steps is its normal work).
+                    optimizer.step()
+                # With a loss scaler, a run diverges only once the scale has collapsed, not while it is falling.
+                collapsed = accelerator.scaler is None or accelerator.scaler.get_scale() < 1.0
+                skipped, unstable = skipped + 1, unstable + 1 if collapsed else 0
                 warnings.warn(f"step {step + 1}: the gradients are not finite (norm {float(norm)}); step skipped")
                 if unstable >= MAX_SKIPPED_IN_A_ROW:
                     raise DivergedError(
@@ -467,7 +477,10 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     checksums = gather_object([_checksum(unwrapped)])
     timed_cpu = sum(gather_object([cpu_finished - cpu_timed_from]))
-    final = state()
+    # Resumed from the last step's checkpoint: no steps, so no new segment; the losses are the last segment's.
+    final = state() if step > first_step or not segments else {"segments": segments}
+    if step == first_step and segments and not losses:
+        losses = {name: torch.tensor(value) for name, value in segments[-1]["final_losses"].items()}
     rows = data.counts.tolist()
     record = {
         "recipe": recipe.to_dict(),
@@ -499,7 +512,9 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
         unwrapped.backbone.save_pretrained(export)
         MedNetImageProcessor.from_model_config(unwrapped.backbone.config).save_pretrained(export)
         record["export"] = str(export)
-        (output_dir / "results.json").write_text(json.dumps(record, indent=1))
+        written = output_dir / ".results.json.tmp"  # results.json marks a finished run (the drivers read it): whole or absent
+        written.write_text(json.dumps(record, indent=1))
+        os.replace(written, output_dir / "results.json")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also ends the process group
     return record

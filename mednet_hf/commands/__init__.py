@@ -28,6 +28,8 @@ def add_command(subparsers, command: Command, name: str) -> argparse.ArgumentPar
     parser = subparsers.add_parser(name, help=command.help, description=command.help, dataclass_types=types)
     if command.overrides:  # unset unless given: the recipe supplies the rest (a True there turns off with --no-x)
         parser.set_defaults(**{f.name: None for f in dataclasses.fields(command.overrides)})
+    for action in parser._actions:  # `--top-k` before HfArgumentParser's `--top_k` in the help, as typed before
+        action.option_strings.sort(key=lambda option: "_" in option)
     parser.set_defaults(_command=command)
     return parser
 
