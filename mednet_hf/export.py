@@ -46,9 +46,9 @@ def _export(wrapped, example, path: Path, opset, dynamic: dict) -> None:
 def export_onnx(model: str, output_dir, opset: int | None = None) -> dict:
     """Export `model` (a saved MedNet folder or Hub id) to `output_dir/model.onnx` with a dynamic batch size, and a
     dynamic height and width (and depth, for MedNet-3D) where the network allows them (a CNN with a global pool
-    does), and save its config and processor there. Returns {"path", "output", "exporter", "dynamic"}: `exporter` says whether the dynamo exporter
-    was used or, if it failed, the TorchScript one (with a warning saying why); `dynamic` which input dimensions
-    may vary."""
+    does), and save its config and processor there. Returns {"path", "output", "exporter", "dynamic"}: `exporter`
+    says whether the dynamo exporter was used or, if it failed, the TorchScript one (with a warning saying why);
+    `dynamic` which input dimensions may vary."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401

@@ -4,8 +4,8 @@
 
 One CSV row per 2-D image, per frame of a multi-frame DICOM, and per slice of a volume (NIfTI, or the DICOM files
 of a folder that are slices of one series); with a MedNet-3D model (`spatial_dims=3`), one row per whole volume. Each
-row has the top-k labels and their probabilities; optionally the pooled
-features of every row to a safetensors file. Files that cannot be read are collected with the reason and reported at
+row has the top-k labels and their probabilities; optionally the pooled features of every row go to a safetensors
+file. Files that cannot be read are collected with the reason and reported at
 the end (`strict=True` stops at the first one instead).
 
 No PHI goes into the output. The CSV holds only the path as given, a slice index and the model's outputs; no DICOM
