@@ -136,7 +136,7 @@ class MedNetPreTrainedModel(TimmWrapperPreTrainedModel):
         model = cls(config)
         state = inflate_state_dict(two_d.timm_model.state_dict(), model.timm_model)
         model.timm_model.load_state_dict(state)  # strict: every key of the 2-D network, nothing else
-        return model
+        return model.eval()  # as transformers' from_pretrained returns a model
 
     def convert_variant(self, variant: str) -> "MedNetPreTrainedModel":
         """Return a copy of this model for the other variant (`"gray"` ↔ `"color"`).

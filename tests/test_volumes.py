@@ -291,3 +291,13 @@ def test_an_image_folder_of_volumes_says_what_it_left_out(tmp_path, caplog):
         built = load_medical_dataset("imagefolder", data_dir=folder, cache_dir=tmp_path / "cache2", volumes=True,
                                      drop_labels=True)["train"]
     assert built["source_file"] == ["ct.nii.gz"] and "1 2-D file(s)" in caplog.text and "a.png" in caplog.text
+
+
+def test_a_converted_model_comes_back_in_eval_mode_like_from_pretrained():
+    """The README's first 3-D lines: one volume through a freshly converted model (batch norm in training mode
+    would refuse a batch of one)."""
+    model = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="acs")
+    assert not model.training
+    processor = MedNetImageProcessor(variant="gray", slice_policy="volume", volume_size=[28, 28, 28], spacing=[2.0] * 3)
+    pixels = processor(str(data_path("nifti/CT_pitch.nii.gz")), return_tensors="pt")["pixel_values"]
+    assert model(pixel_values=pixels).pooler_output.shape == (1, 512)
