@@ -152,6 +152,16 @@ def convert_to_3d(model: nn.Module, conversion: str) -> nn.Module:
     return model
 
 
+def init_i3d_kernels(model: nn.Module) -> nn.Module:
+    """Random 3-D kernels for a network made from a config (no weights to inflate): timm's ResNet init (Kaiming
+    normal, fan-out, ReLU) over the whole k×k×k kernel, as a 3-D ResNet trained from scratch starts. Inflating
+    timm's random 2-D kernels instead gives each kernel 1/k of that variance (1/7 for the stem)."""
+    for module in model.modules():
+        if isinstance(module, Conv3dFrom2d) and module.conversion == "i3d":
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 def inflate_state_dict(state: dict, model: nn.Module) -> dict:
     """A 2-D network's state dict for its converted 3-D form: I3D kernels repeated along depth and divided by the
     kernel's depth; everything else (ACS and 2.5D weights, batch norm) as it is."""
@@ -165,4 +175,4 @@ def inflate_state_dict(state: dict, model: nn.Module) -> dict:
     return out
 
 
-__all__ = ["CONVERSIONS", "Conv3dFrom2d", "GlobalPool3d", "convert_to_3d", "inflate_state_dict"]
+__all__ = ["CONVERSIONS", "Conv3dFrom2d", "GlobalPool3d", "convert_to_3d", "inflate_state_dict", "init_i3d_kernels"]

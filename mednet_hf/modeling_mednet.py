@@ -27,7 +27,7 @@ from transformers.modeling_outputs import (
 from transformers.models.timm_wrapper.modeling_timm_wrapper import TimmWrapperPreTrainedModel
 
 from .configuration_mednet import VARIANTS, MedNetConfig
-from .conversion_3d import convert_to_3d, inflate_state_dict
+from .conversion_3d import convert_to_3d, inflate_state_dict, init_i3d_kernels
 from .intensity import LUMA_WEIGHTS
 
 # Checkpoints hold timm's own names (`conv1.weight`); the modules live under `timm_model.`.
@@ -45,7 +45,7 @@ def _create_timm_model(config: MedNetConfig, num_classes: int) -> nn.Module:
             f"timm's {config.architecture!r} has no feature_info/forward_intermediates; MedNet needs a timm CNN that has"
         )
     if config.spatial_dims == 3:  # MedNet-3D: the same network, its modules converted for volumes
-        convert_to_3d(model, config.conversion)
+        init_i3d_kernels(convert_to_3d(model, config.conversion))  # weights loaded later replace these
     config.set_stages(
         stage_names=[info["module"] for info in model.feature_info],
         hidden_sizes=[info["num_chs"] for info in model.feature_info],

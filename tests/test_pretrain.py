@@ -208,6 +208,8 @@ def test_corrupt_checkpoint_and_existing_runs_stop_before_training(tmp_path):
         ({"objectives": {"jigsaw": {}}}, r"unknown objective 'jigsaw'"),
         ({"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\]"),
         ({"sources": [SERIES], "objectives": {"supervised": {}}}, "supervised objective needs at least one labelled source"),
+        ({"spatial_dims": 3, "image_size_schedule": [[2, 32]]}, "MedNet-3D pretrains at one size"),
+        ({"spatial_dims": 3, "objectives": {"contrastive": {}}}, "multi-crop views are 2-D only"),
     ],
 )
 def test_recipe_errors(tmp_path, change, message):

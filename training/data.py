@@ -108,7 +108,7 @@ def _decode(source: Source, recipe: Recipe) -> tuple[dict[str, torch.Tensor], di
     if recipe.spatial_dims == 3:
         if "volume" not in split.features:
             raise ValueError(f"source {source.name!r}: MedNet-3D needs volumes (an image folder with options: "
-                             "{volumes: true})")
+                             "{volumes: true}, or a MedMNIST-3D config), its rows hold {sorted(split.features)}")
         images, shapes = _decode_volumes(split, recipe)
         return {"images": images, "labels": labels, "shapes": shapes}, metadata
     # Labels are read from the column above; the transform only makes pixels.

@@ -212,12 +212,20 @@ def _hardware(device: torch.device) -> str:
     return f"CPU ({_cpu_name()}, {torch.get_num_threads()} torch thread(s) per process, {os.cpu_count()} cores)"
 
 
-def auto_precision(device: torch.device) -> str:
+# oneDNN's bf16 conv3d weight gradient on the CPU is wrong where a kernel with depth 3 meets 2³ maps (NaN, or
+# garbage of the gradient's own size; torch 2.13): layer3 of ResNet-18 at 28³ and layer4 at 64³. fp32 is exact.
+BF16_CONV3D_CPU = ("bf16 autocast on the CPU gives wrong conv3d weight gradients at small maps (layer3 at 28³: NaN or "
+                   "values off by their own size), so MedNet-3D trains in fp32 on the CPU")
+
+
+def auto_precision(device: torch.device, spatial_dims: int = 2) -> str:
     """`mixed_precision: auto`: bf16 autocast where the device computes bf16 natively (CUDA with bf16; a CPU with
-    AVX-512 BF16 or AMX), else fp32. On this project's 2-core CPU bf16 made `PretrainModel` steps faster at every
-    size measured (`benchmarks/cpu_settings.py`, the README's table)."""
+    AVX-512 BF16 or AMX), else fp32; MedNet-3D on the CPU in fp32 (`BF16_CONV3D_CPU`). On this project's 2-core
+    CPU bf16 made 2-D `PretrainModel` steps faster at every size measured (`benchmarks/cpu_settings.py`)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if device.type == "cpu" and spatial_dims == 3:
+        return "no"
     if device.type == "cpu":  # torch.cpu's probes of the instruction sets its kernels use (private, so guarded)
         native = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
         return "bf16" if native else "no"
@@ -316,7 +324,9 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     precision = recipe.mixed_precision
     if precision == "auto":
-        precision = auto_precision(torch.device("cpu" if cpu else "cuda"))
+        precision = auto_precision(torch.device("cpu" if cpu else "cuda"), recipe.spatial_dims)
+    elif cpu and precision == "bf16" and recipe.spatial_dims == 3:
+        warnings.warn(f"mixed_precision: bf16 for MedNet-3D: {BF16_CONV3D_CPU}; its gradients may be wrong")
     accelerator = Accelerator(
         mixed_precision=precision,
         log_with="tensorboard",

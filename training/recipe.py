@@ -191,8 +191,10 @@ def load_recipe(path, **overrides) -> Recipe:
         recipe.conversion = recipe.conversion or "acs"
         if recipe.conversion not in ("acs", "i3d", "2.5d"):
             _fail(path, f"conversion must be acs, i3d or 2.5d, got {recipe.conversion!r}")
-        if schedule or any(s.streaming or s.dataset != "imagefolder" for s in recipe.sources):
-            _fail(path, "MedNet-3D pretrains on image folders of volumes (NIfTI files, DICOM series), at one size")
+        # sub-volumes are drawn from whole volumes held in memory, so every source is read in full, at one size
+        if schedule or any(s.streaming for s in recipe.sources):
+            _fail(path, "MedNet-3D pretrains at one size on sources of volumes held in memory (image folders with "
+                        "volumes: true, MedMNIST-3D configs), neither streamed nor with an image_size_schedule")
         if "contrastive" in recipe.objectives:
             _fail(path, "the contrastive objective's multi-crop views are 2-D only; MedNet-3D takes restoration and supervised")
         spacing = recipe.volume_spacing
