@@ -18,7 +18,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_DIR = PACKAGE_DIR / "bundled"
-REPOS = {"mednet/gray": "gray", "mednet/color": "color"}
+REPOS = {"mednet/gray": "gray", "mednet/color": "color", "mednet/gray-3d": "gray-3d"}
 # The modules a saved checkpoint carries for `trust_remote_code` (what `save_pretrained` copies).
 REMOTE_CODE = ("configuration_mednet.py", "modeling_mednet.py", "image_processing_mednet.py", "medical_io.py",
                "medical_image.py", "phi.py", "dicom.py", "dicom_series.py", "nifti.py", "pil_image.py",

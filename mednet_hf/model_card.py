@@ -11,9 +11,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-VARIANT_NAMES = {"gray": "Gray-MedNet", "color": "Color-MedNet"}
+VARIANT_NAMES = {"gray": "Gray-MedNet", "color": "Color-MedNet", "gray-3d": "Gray-MedNet-3D"}
 MODALITY_TAGS = {"gray": ["x-ray", "ct", "mri", "ultrasound", "mammography"],
-                 "color": ["histopathology", "fundus", "microscopy", "blood-smear"]}
+                 "color": ["histopathology", "fundus", "microscopy", "blood-smear"], "gray-3d": ["ct", "mri", "3d"]}
 FIGURES = ("label_fractions.png", "convergence.png")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -50,10 +50,11 @@ def _dataset_name(source: dict) -> str:
     return source["dataset"] + (f":{source['config']}" if source.get("config") else f":{source['data_dir']}")
 
 
-def render_model_card(variant: str, records_dir, repo_id: str, figures: str = "",
-                      template=TEMPLATES / "release_model_card.md") -> ModelCard:
-    """A release's card. `figures`: the path from the card to the benchmark's PNGs (the bundle keeps them beside
-    its README)."""
+def render_model_card(variant: str, records_dir, repo_id: str, figures: str = "", template=None) -> ModelCard:
+    """A release's card (MedNet-3D's from its own template). `figures`: the path from the card to the benchmark's
+    PNGs (the bundle keeps them beside its README)."""
+    three_d = variant.endswith("-3d")
+    template = template or TEMPLATES / ("release_3d_model_card.md" if three_d else "release_model_card.md")
     pretrain, benchmark = load_records(records_dir)
     recipe = pretrain["recipe"]
     name = VARIANT_NAMES[variant]
@@ -69,7 +70,9 @@ def render_model_card(variant: str, records_dir, repo_id: str, figures: str = ""
     data = ModelCardData(
         model_name=name, license="other", license_name="research-only", license_link="README.md#training-data",
         library_name="transformers", pipeline_tag="image-feature-extraction",
-        tags=["medical-imaging", "image-classification", "timm", "transformers", "mednet", *MODALITY_TAGS[variant]],
+        # timm cannot build a 3-D checkpoint, so only the 2-D ones carry its tag
+        tags=["medical-imaging", "image-classification", *([] if three_d else ["timm"]), "transformers", "mednet",
+              *MODALITY_TAGS[variant]],
         datasets=sorted({_dataset_name(s) for s in recipe["sources"]}),
         metrics=["roc_auc", "accuracy"], eval_results=eval_results or None,
     )
@@ -77,7 +80,7 @@ def render_model_card(variant: str, records_dir, repo_id: str, figures: str = ""
     return ModelCard.from_template(
         data, template_path=str(template), name=name, variant=variant, repo_id=repo_id, recipe=recipe,
         pretrain=pretrain, benchmark=benchmark, rows=rows, losses=[r for r in rows if not r["wins"]],
-        channels=1 if variant == "gray" else 3, figures=[f"{figures}{f}" for f in figures_present],
+        channels=3 if variant == "color" else 1, figures=[f"{figures}{f}" for f in figures_present],
     )
 
 

@@ -143,6 +143,21 @@ def portable_path(value: str) -> str:
         return value
 
 
+def resolve_portable_path(value: str, base=None) -> str:
+    """`portable_path`'s inverse on this machine: `$MEDNET_DATA_DIR/...` and `$HF_HOME/...` under their roots here
+    (set or not in the environment), a relative path under `base` (default: the working directory)."""
+    import os
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    roots = {"$MEDNET_DATA_DIR": os.environ.get("MEDNET_DATA_DIR", "../shared/data"), "$HF_HOME": constants.HF_HOME}
+    for name, root in roots.items():
+        if value.startswith(name + "/"):
+            return str(Path(root).resolve() / value[len(name) + 1:])
+    return value if os.path.isabs(value) else str(Path(base or Path.cwd()) / value)
+
+
 def _quote(token: str) -> str:
     """shlex quoting, except that a leading `$VARIABLE/` stays expandable."""
     if token.startswith("$") and "/" in token:

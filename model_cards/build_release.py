@@ -21,6 +21,7 @@ from pathlib import Path
 from mednet_hf import MedNetImageProcessor, MedNetModel
 from mednet_hf.bundled import BUNDLED_DIR
 from mednet_hf.model_card import FIGURES, check_card, render_model_card
+from mednet_hf.options import resolve_portable_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -147,7 +148,7 @@ def write_readme() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=["gray", "color"], required=True)
+    parser.add_argument("--variant", choices=["gray", "color", "gray-3d"], required=True)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="a `mednet pretrain` output folder (results.json, final/)")
     source.add_argument("--device-out", type=Path, help="the files `model_cards/release_run.sh` returned")
@@ -182,8 +183,7 @@ def main() -> None:
         record["release"] = {k: v for k, v in release.items() if k != "points"} | {
             "points": [{k: v for k, v in point.items() if k not in ("runs",)} for point in release["points"]]}
         (records / "pretrain.json").write_text(json.dumps(record, indent=1))
-        bundle = export_bundle(REPO / release["points"][-1]["weights"] if not Path(release["points"][-1]["weights"]).is_absolute()
-                               else Path(release["points"][-1]["weights"]), args.variant)
+        bundle = export_bundle(Path(resolve_portable_path(release["points"][-1]["weights"], base=REPO)), args.variant)
     elif args.device_out:
         with tempfile.TemporaryDirectory() as unpacked:
             with tarfile.open(args.device_out / f"{args.variant}-records.tar.gz") as tar:

@@ -9,6 +9,7 @@ import yaml
 from conftest import REPO_ROOT, data_path
 
 from mednet_hf.cli import main as cli_main
+from mednet_hf.options import resolve_portable_path
 from mednet_hf.training.benchmark import epochs_to_reach, load_study, study_file
 from mednet_hf.training.finetune import FinetuneArguments
 
@@ -76,7 +77,7 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
     assert {(r["init"], r["label_fraction"], r["seed"]) for r in results["runs"]} == {("mednet", 0.05, 0), ("scratch", 0.05, 0)}
     for run in results["runs"]:
         # Every number comes from the run's own record, written by `mednet finetune`.
-        record = json.loads(open(run["record"]).read())
+        record = json.loads(open(resolve_portable_path(run["record"])).read())
         assert run["test_auroc"] == record["test"]["test_auroc"] and run["test_accuracy"] == record["test"]["test_accuracy"]
         assert [h["eval_auroc"] for h in run["history"]] == [h["eval_auroc"] for h in record["history"]]
         assert len(run["history"]) == 2 and run["epochs_to_95"] in (1.0, 2.0)
@@ -97,18 +98,18 @@ def test_quick_benchmark_on_real_data(tmp_path, capsys, monkeypatch):
     assert results["frozen"]["pneumonia"]["mednet"]["weights_sha256"] == file_sha256(REPO_ROOT / "mednet_hf/bundled/gray/model.safetensors")
     assert results["frozen"]["pneumonia"]["mednet"]["linear_probe"]["test_auroc"] != results["frozen"]["pneumonia"]["scratch"]["linear_probe"]["test_auroc"]
     # The same study again in the same folder reuses the finished runs (same arguments) instead of repeating them.
-    stamps = {run["record"]: Path(run["record"]).stat().st_mtime_ns for run in results["runs"]}
+    stamps = {run["record"]: Path(resolve_portable_path(run["record"])).stat().st_mtime_ns for run in results["runs"]}
     assert cli_main(["benchmark", "--study", str(path), "--output-dir", str(out), "--quick", "--task", "pneumonia"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert [r["test_auroc"] for r in again["runs"]] == [r["test_auroc"] for r in results["runs"]]
-    assert {record: Path(record).stat().st_mtime_ns for record in stamps} == stamps
+    assert {record: Path(resolve_portable_path(record)).stat().st_mtime_ns for record in stamps} == stamps
     # Not when the starting weights at the same path have changed (here: the digest the run started from differs).
-    scratch = next(Path(r["record"]) for r in results["runs"] if r["init"] == "scratch")
+    scratch = next(Path(resolve_portable_path(r["record"])) for r in results["runs"] if r["init"] == "scratch")
     assert len((scratch.parent / "start-weights.sha256").read_text()) == 64
     (scratch.parent / "start-weights.sha256").write_text("0" * 64)
     assert cli_main(["benchmark", "--study", str(path), "--output-dir", str(out), "--quick", "--task", "pneumonia",
                      "--init", "scratch"]) == 0
-    assert scratch.stat().st_mtime_ns != stamps[str(scratch)]
+    assert scratch.stat().st_mtime_ns != stamps[next(r["record"] for r in results["runs"] if r["init"] == "scratch")]
     assert (scratch.parent / "start-weights.sha256").read_text() != "0" * 64
 
 

@@ -32,18 +32,22 @@ def _digest(folder) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.mark.parametrize("variant", ["gray", "color"])
+@pytest.mark.parametrize("variant", ["gray", "color", "gray-3d"])
 def test_cards_render_from_run_records_and_pass_the_metadata_check(variant):
     card = render_model_card(variant, RECORDS / variant, f"mednet/{variant}")
     check_card(card, RECORDS / variant)
     data = card.data.to_dict()
     assert data["license"] == "other" and data["library_name"] == "transformers"
-    assert {"medical-imaging", "image-classification", "timm", "transformers"} <= set(data["tags"])
+    assert {"medical-imaging", "image-classification", "transformers"} <= set(data["tags"])
+    three_d = variant == "gray-3d"
+    assert ("timm" in data["tags"]) is not three_d  # timm cannot build a 3-D checkpoint
     assert data["model-index"][0]["results"], "the card has no measured results"
     text = str(card)
-    for section in ("## How to use", "## Intended use", "## Training data", "## Preprocessing", "## Evaluation",
-                    "## Limitations and bias", "## Citation", "arXiv:2110.06512"):
+    for section in ("## How to use", "## Intended use", "## Training data", "## Evaluation", "## Limitations and bias",
+                    "## Citation", "arXiv:2110.06512", *([] if three_d else ["## Preprocessing"])):
         assert section in text, section
+    if three_d:  # the card says plainly how little 3-D data the pretraining saw, and that timm cannot build it
+        assert "only a handful of volumes" in text and "timm cannot build this checkpoint" in text
     # The shipped card is this rendering.
     assert (BUNDLED_DIR / variant / "README.md").read_text() == text
     # A number that is in no record is caught.
@@ -109,8 +113,8 @@ print(json.dumps({{"times": times, "features": features, "dtype": str(gray.dtype
 
 def test_install_bundled_layout(tmp_path):
     written = install_bundled(cache_dir=tmp_path)
-    assert set(written) == {"mednet/gray", "mednet/color"}
-    for repo, variant in (("mednet--gray", "gray"), ("mednet--color", "color")):
+    assert set(written) == {"mednet/gray", "mednet/color", "mednet/gray-3d"}
+    for repo, variant in (("mednet--gray", "gray"), ("mednet--color", "color"), ("mednet--gray-3d", "gray-3d")):
         revision = (tmp_path / f"models--{repo}" / "refs" / "main").read_text()
         assert revision == bundled_revision(variant)
         snapshot = tmp_path / f"models--{repo}" / "snapshots" / revision

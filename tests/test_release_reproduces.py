@@ -17,7 +17,7 @@ def _study(variant: str) -> dict:
     return json.loads((RECORDS / variant / "benchmark.json").read_text())
 
 
-@pytest.mark.parametrize("variant", ["gray", "color"])
+@pytest.mark.parametrize("variant", ["gray", "color", "gray-3d"])
 def test_the_study_ran_on_the_bundled_weights(variant):
     bundled = weights_sha256(str(REPO_ROOT / "mednet_hf" / "bundled" / variant))
     runs = [r for r in _study(variant)["runs"] if r["init"] == "mednet"]

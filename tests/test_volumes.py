@@ -301,3 +301,90 @@ def test_a_converted_model_comes_back_in_eval_mode_like_from_pretrained():
     processor = MedNetImageProcessor(variant="gray", slice_policy="volume", volume_size=[28, 28, 28], spacing=[2.0] * 3)
     pixels = processor(str(data_path("nifti/CT_pitch.nii.gz")), return_tensors="pt")["pixel_values"]
     assert model(pixel_values=pixels).pooler_output.shape == (1, 512)
+
+
+@pytest.mark.slow
+def test_3d_pretraining_restores_sub_volumes_learns_labels_resumes_and_exports_mednet_3d(tmp_path, monkeypatch):
+    """The 3-D recipe on real volumes (the MR series, unlabelled: restoration) and a labelled 3-D set (AdrenalMNIST3D:
+    the supervised head), from the ACS-converted 2-D release: the same loop, resume and record as 2-D, and an
+    export that loads back as MedNet-3D."""
+    import yaml
+
+    from conftest import DATA_DIR
+    from mednet_hf.training.pretrain import pretrain
+
+    monkeypatch.setenv("MEDNET_DATA_DIR", str(DATA_DIR))
+    data_path("medmnist3d"), data_path(SERIES)
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "training/configs/gray-3d.yaml").read_text())
+    recipe |= {"steps": 2, "batch_size": 4, "checkpoint_every": 1, "log_every": 1, "warmup_steps": 1,  # auto: fp32 here
+               "cache_dir": str(tmp_path / "cache"),
+               "sources": [{"name": "mr_series", "dataset": "imagefolder", "data_dir": "dicom_series",
+                            "options": {"volumes": True, "drop_labels": True}, "labelled": False, "weight": 0.5},
+                           {"name": "adrenal", "dataset": "medmnist", "config": "adrenalmnist3d", "data_dir": "medmnist3d",
+                            "num_classes": 2, "weight": 0.5}],
+               "objectives": {"restoration": {"weight": 1.0}, "supervised": {"weight": 1.0}}}
+    path = tmp_path / "gray-3d.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    first = pretrain(path, tmp_path / "run")
+    assert first["steps"] == 2 and first["segments"][0]["start"].startswith("warm restart from mednet/gray")
+    resumed = pretrain(path, tmp_path / "run", resume="latest", steps=3)
+    assert [(s["from_step"], s["to_step"]) for s in resumed["segments"]] == [(0, 2), (2, 3)]
+    assert set(resumed["final_losses"]) >= {"restoration", "supervised"}
+    assert all(np.isfinite(v) for v in resumed["final_losses"].values())
+    # every step's gradients were finite (bf16 conv3d on the CPU made every one of them NaN: auto picks fp32 in 3-D)
+    assert [s["precision"] for s in resumed["segments"]] == ["no", "no"]
+    assert [s["skipped_steps"] for s in resumed["segments"]] == [0, 0]
+    assert [d["name"] for d in resumed["data"]] == ["mr_series", "adrenal"] and all(d["drawn"] for d in resumed["data"])
+    assert sum(d["drawn"] for d in resumed["data"]) == 3 * 4 and resumed["data"][1]["labelled"]
+
+    model = MedNetModel.from_pretrained(tmp_path / "run" / "final").eval()
+    assert model.config.spatial_dims == 3 and model.config.conversion == "acs"
+    processor = MedNetImageProcessor.from_pretrained(tmp_path / "run" / "final")
+    assert processor.slice_policy == "volume"
+    with torch.no_grad():
+        features = model(torch.rand(1, 1, 28, 28, 28)).pooler_output
+    assert features.shape == (1, model.config.num_features) and torch.isfinite(features).all()
+
+
+
+def test_auto_precision_keeps_3d_training_in_fp32_on_the_cpu():
+    """bf16 conv3d weight gradients on the CPU are wrong at layer3's 2³ maps of a 28³ input (oneDNN, torch 2.13)."""
+    from mednet_hf.training.pretrain import auto_precision
+
+    assert auto_precision(torch.device("cpu"), spatial_dims=3) == "no"
+    assert auto_precision(torch.device("cpu"), spatial_dims=2) in ("bf16", "no")
+
+
+def test_the_bundled_gray_3d_release_loads_as_mednet_3d_from_the_hub_id(gray_2d):
+    """`mednet/gray-3d` (bundled, offline): MedNet-3D with its volume processor, the ACS-converted Gray-MedNet's
+    keys, and weights that its 3-D pretraining moved away from that start."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained("mednet/gray-3d").eval()
+    assert model.config.spatial_dims == 3 and model.config.conversion == "acs"
+    processor = AutoImageProcessor.from_pretrained("mednet/gray-3d")
+    assert processor.slice_policy == "volume"
+    start = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="acs").state_dict()
+    released = model.state_dict()
+    assert released.keys() == start.keys()
+    moved = [k for k, v in start.items() if v.is_floating_point() and not torch.allclose(released[k].float(), v, atol=1e-3)]
+    assert len(moved) > len(start) // 2
+    pixels = processor(str(data_path("nifti/CT_pitch.nii.gz")), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        assert torch.isfinite(model(pixel_values=pixels).pooler_output).all()
+
+
+def test_a_3d_network_made_from_a_config_has_kaiming_3d_kernels_and_a_converted_one_keeps_its_weights(gray_2d):
+    """3-D scratch is a standard random 3-D ResNet (Kaiming over the k×k×k fan), not timm's random 2-D kernels
+    divided by their depth; weights loaded afterwards (a 2-D release converted) replace that init."""
+    from mednet_hf.conversion_3d import Conv3dFrom2d
+
+    torch.manual_seed(0)
+    scratch = MedNetModel(MedNetConfig(**{**gray_2d.config.to_dict(), "spatial_dims": 3, "conversion": "i3d"}))
+    stem = scratch.timm_model.conv1
+    assert isinstance(stem, Conv3dFrom2d) and stem.weight.shape[2:] == (7, 7, 7)
+    expected = (2 / (stem.out_channels * 7**3)) ** 0.5  # Kaiming normal, fan-out, ReLU
+    assert float(stem.weight.std()) == pytest.approx(expected, rel=0.05)
+    converted = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d")
+    torch.testing.assert_close(converted.timm_model.conv1.weight, gray_2d.timm_model.conv1.weight.unsqueeze(2).repeat(1, 1, 7, 1, 1) / 7)

@@ -226,7 +226,7 @@ def run_finetune(study: Study, task: Task, init: str, model: str, fraction: floa
         "epochs_to_95": epochs_to_reach(record["history"], study.convergence),
         "history": [{"epoch": e["epoch"], "eval_auroc": e["eval_auroc"]} for e in record["history"]],
         "train_rows": record["train_rows"], "seconds": record["seconds"],
-        "command": command_line("finetune", arguments), "record": str(output_dir / "results.json"), "weights_sha256": weights,
+        "command": command_line("finetune", arguments), "record": portable_path(str(output_dir / "results.json")), "weights_sha256": weights,
     }
 
 
@@ -497,7 +497,9 @@ def benchmark(study, output_dir, quick: bool = False, tasks: list[str] | None = 
         interrupted = True
         print(f"benchmark interrupted: writing the {len(runs)} finished run(s)")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    results = {"study": asdict(study), "study_file": str(study_path), "quick": quick, "device": device, "skipped": skipped,
+    # records name folders as a reader can rerun them: under the repository, $HF_HOME or $MEDNET_DATA_DIR
+    results = {"study": asdict(study) | {"model": portable_path(str(study.model))}, "study_file": portable_path(str(study_path)),
+               "quick": quick, "device": device, "skipped": skipped,
                "interrupted": interrupted,
                "runs": runs, "summary": summarise(runs), "acceleration": summarise_acceleration(runs), "frozen": frozen, "dense": dense,
                "seconds": time.perf_counter() - started}
