@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mednet_hf.options import portable_path
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STUDY = REPO / "training" / "configs" / "budget" / "study.yaml"
@@ -166,7 +168,8 @@ def evaluate(name: str, model: str, init: str, study: dict, out: Path) -> dict:
         else:
             frozen = results["frozen"].get(evaluation["task"], {}).get(init)
             scores[label] = [frozen[key]["test_auroc"], frozen[key].get("test_auroc_bootstrap_std", 0.0)] if frozen else None
-    return {"scores": scores, "benchmark": relative(folder / "results.json")}
+    # a record names the folder portably (`$HF_HOME/...` outside the repository), not as this machine has it
+    return {"scores": scores, "benchmark": portable_path(str(folder / "results.json"))}
 
 
 def markdown(results: dict) -> str:
