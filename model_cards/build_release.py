@@ -2,6 +2,8 @@
 `model_cards/records/<variant>/` (the pretraining record and the `mednet benchmark` study, with its plots), and the
 model card rendered from them.
 
+    # a CPU release run (`model_cards/release_cpu.py`): its last cycle, the study here, and at the other size
+    python model_cards/build_release.py --variant gray --release-run ~/.cache/huggingface/mednet/release-gray-cpu --task pneumonia --other-size 28
     # a pretraining run made here (e.g. on the CPU), then the transfer study run here on the new bundle
     python model_cards/build_release.py --variant gray --run runs/release-gray-cpu --task pneumonia --seed 0
     # the GPU release: what `model_cards/release_run.sh` returned (fp16 shards + records, study included)
@@ -14,18 +16,20 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 from mednet_hf import MedNetImageProcessor, MedNetModel
 from mednet_hf.bundled import BUNDLED_DIR
-from mednet_hf.model_card import FIGURES, check_card, render_model_card
+from mednet_hf.model_card import FIGURES, RELEASE_FIGURES, check_card, pretraining_summary, render_model_card
 from mednet_hf.options import resolve_portable_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MAX_BYTES = 25 * 1024 * 1024
+BUDGET_STUDY = REPO / "benchmarks" / "results" / "budget-study"  # the gray study that chose the CPU release recipe
 
 
 def export_bundle(model_dir: Path, variant: str) -> Path:
@@ -82,8 +86,40 @@ def keep_benchmark(bench: Path, records: Path) -> None:
             shutil.copy2(bench / name, records / name)
 
 
+def describe(records: Path) -> str:
+    """A release, in one line, from its records (the card's "previous release")."""
+    pretrain = json.loads((records / "pretrain.json").read_text())
+    run = pretraining_summary(pretrain)
+    return (f"{pretrain['steps']:,} steps, {run['images']:,} images at {' then '.join(map(str, run['sizes']))} px, "
+            f"{run['wall_seconds'] / 60:.0f} min on {pretrain['hardware']}")
+
+
+def previous_release(records: Path, release_started: str | None) -> dict | None:
+    """What the release checks compare against: the records about to be replaced, or, when they are this same
+    release run's (a rebuild), the release they had replaced."""
+    if not (records / "benchmark.json").is_file():
+        return None
+    pretrain = json.loads((records / "pretrain.json").read_text())
+    if release_started and (pretrain.get("release") or {}).get("started") == release_started:
+        return json.loads((records / "previous.json").read_text()) if (records / "previous.json").is_file() else None
+    benchmark = json.loads((records / "benchmark.json").read_text())
+    return {"description": describe(records), "summary": benchmark["summary"], "frozen": benchmark["frozen"]}
+
+
+def release_figures(release: dict, records: Path) -> None:
+    """The run's benchmark points against hours (with the budget study's scratch and previous-release rows), and
+    the budget study's plot, beside the records (gray: the study is of gray recipes)."""
+    sys.path.insert(0, str(HERE))  # release_cpu.py is a script beside this one
+    from release_cpu import plot_points
+
+    budget = json.loads((records / "budget-study.json").read_text()) if (records / "budget-study.json").is_file() else None
+    references = [r | {"name": {"scratch": "scratch (budget study)", "release-900": "previous release (budget study)"}[r["name"]]}
+                  for r in (budget or {}).get("rows", []) if r["name"] in ("scratch", "release-900") and r.get("scores")]
+    plot_points(release["points"], records / "release_points.png", references)
+
+
 def render(variant: str, records: Path, bundle: Path) -> None:
-    for name in FIGURES:  # the bundle's card shows the plots from beside it
+    for name in FIGURES + RELEASE_FIGURES:  # the bundle's card shows the plots from beside it
         if (records / name).is_file():
             shutil.copy2(records / name, bundle / name)
     repo_id = f"mednet/{variant}"
@@ -113,10 +149,11 @@ def readme_block() -> str:
         if not (records / "benchmark.json").is_file():
             continue
         pretrain, bench = load_records(records)
-        recipe = pretrain["recipe"]
-        lines += [f"**{VARIANT_NAMES[variant]}** (`mednet/{variant}`): {recipe['backbone']} at {recipe['image_size']} px, "
-                  f"{pretrain['steps']} steps of {recipe['batch_size']} ({_epochs(pretrain)}, {pretrain['wall_seconds'] / 60:.0f} min on "
-                  f"{pretrain['hardware']}). Transfer study ({bench['device']}{', quick' if bench['quick'] else ''}, "
+        recipe, run = pretrain["recipe"], pretraining_summary(pretrain)
+        took = (f"{run['hours']:.1f} hours on {run['cores']} cores in {len(run['segments'])} segments" if run["release"] else
+                f"{run['wall_seconds'] / 60:.0f} min on {pretrain['hardware']}")
+        lines += [f"**{VARIANT_NAMES[variant]}** (`mednet/{variant}`): {recipe['backbone']} at {' then '.join(map(str, run['sizes']))} px, "
+                  f"{pretrain['steps']} steps of {recipe['batch_size']} ({_epochs(pretrain)}, {took}). Transfer study ({bench['device']}{', quick' if bench['quick'] else ''}, "
                   f"{len(bench['study']['seeds'])} seed(s), {bench['study']['finetune'].get('epochs')} epochs):", "",
                   "| task | domain | labels | MedNet AUROC | scratch AUROC | Δ | epochs to 95% (MedNet / scratch) |",
                   "|---|---|---:|---:|---:|---:|---:|"]
@@ -170,10 +207,13 @@ def main() -> None:
         render(args.variant, records, bundle)
         return write_readme()
     previous = json.loads((records / "pretrain.json").read_text()) if (records / "pretrain.json").is_file() else None
+    release = json.loads((args.release_run / "release.json").read_text()) if args.release_run else None
+    replaced = previous_release(records, release and release["started"])
     shutil.rmtree(records, ignore_errors=True)
     records.mkdir(parents=True)
+    if replaced:
+        (records / "previous.json").write_text(json.dumps(replaced, indent=1))
     if args.release_run:
-        release = json.loads((args.release_run / "release.json").read_text())
         record = json.loads((args.release_run / "pretrain" / "results.json").read_text())
         if release["init"] != "scratch" and previous and previous.get("segments"):  # a warm restart: the earlier ones first
             record["segments"] = previous["segments"] + record["segments"]
@@ -183,6 +223,10 @@ def main() -> None:
         record["release"] = {k: v for k, v in release.items() if k != "points"} | {
             "points": [{k: v for k, v in point.items() if k not in ("runs",)} for point in release["points"]]}
         (records / "pretrain.json").write_text(json.dumps(record, indent=1))
+        if args.variant == "gray" and (BUDGET_STUDY / "results.json").is_file():
+            shutil.copy2(BUDGET_STUDY / "results.json", records / "budget-study.json")
+            shutil.copy2(BUDGET_STUDY / "budget.png", records / "budget.png")
+        release_figures(release, records)
         bundle = export_bundle(Path(resolve_portable_path(release["points"][-1]["weights"], base=REPO)), args.variant)
     elif args.device_out:
         with tempfile.TemporaryDirectory() as unpacked:

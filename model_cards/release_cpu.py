@@ -11,7 +11,8 @@ same machine resumes it exactly: run the same command again. Stopped at any time
 session), it resumes from the last checkpoint; finished cycles and benchmark points are kept. On a new machine, where
 that folder is gone, `--init mednet/<variant>` warm-restarts from the last released weights as a new segment.
 
-`release.json` in the run folder holds the plan, every cycle's benchmark point and the stop decision; the
+`release.json` in the run folder holds the plan, every cycle's benchmark point and the stop decision (`points.png`
+plots the points against hours of training); the
 pretraining record (`pretrain/results.json`) holds every segment (start, steps, images, wall and CPU time,
 threads, precision, final losses). `python model_cards/build_release.py --variant <v> --release-run <folder>` ships
 the last cycle's weights with both.
@@ -90,6 +91,31 @@ def agree(a: dict, b: dict) -> tuple[bool, list[str]]:
         same &= ok
         notes.append(f"{row}: {mean_a:.3f} -> {mean_b:.3f} (spread {spread:.3f}){'' if ok else ' differs'}")
     return same, notes
+
+
+def plot_points(points: list[dict], path: Path, references: list[dict] = ()) -> None:
+    """Transfer against hours of training: one panel per row of the benchmark point (mean ± std), with flat lines for
+    references that did not train here (the budget study's scratch and the previous release)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    metrics = list(points[0]["scores"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        hours = [p["training_hours"] for p in points]
+        means, stds = zip(*(p["scores"][metric] for p in points))
+        ax.errorbar(hours, means, yerr=stds, marker="o", capsize=3, label="this run's cycles")
+        for reference, style in zip(references, ("--", ":", "-.")):
+            ax.axhline(reference["scores"][metric][0], color="gray", linestyle=style, label=reference["name"])
+        ax.set(title=metric, xlabel="hours of training (every core)", ylabel="test AUROC", xlim=(0, 1.1 * max(hours)))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -176,6 +202,7 @@ def main() -> None:
         if state["stopped"] is None and hours >= state["hours"] - 0.05:
             state["stopped"] = {"why": f"{state['hours']:g} hours of training reached", "compared": None, "rows": []}
         write_json(state_path, state)
+        plot_points(state["points"], run_dir / "points.png")
     print(f"stopped: {state['stopped']['why']}; weights: {state['points'][-1]['weights']}")
 
 

@@ -287,6 +287,10 @@ def test_progressive_sizes_warm_restart_and_segments_in_the_record(tmp_path, mon
     assert [(s["from_step"], s["to_step"]) for s in resumed["segments"]] == [(0, 4), (4, 6)]
     assert resumed["segments"][1]["start"] == "resumed from step-00000004 at step 4"
     assert sum(d["drawn"] for d in resumed["data"]) == 6 * 8
+    for source in resumed["data"]:  # each segment's share of every source's epochs adds up to the run's
+        assert sum(s["source_epochs"][source["name"]] for s in resumed["segments"]) == pytest.approx(source["epochs"])
+    second = resumed["segments"][1]["source_epochs"]
+    assert sum(second[d["name"]] * d["rows"] for d in resumed["data"]) == pytest.approx(2 * 8)  # its own 2 steps
 
     # A warm restart on a new machine: the backbone starts from the saved weights, and the record says which.
     from mednet_hf import MedNetModel

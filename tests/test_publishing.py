@@ -70,13 +70,102 @@ def test_a_difference_within_the_seeds_spread_is_neither_a_win_nor_a_loss():
     assert [(r["label_fraction"], r["wins"], r["loses"]) for r in rows] == [(0.01, True, False), (0.1, False, False), (1.0, False, True)]
 
 
-def test_readme_results_are_the_records():
-    """The README's results block is what build_release.py renders from the records, not hand-edited numbers."""
+def _summary_row(init, fraction, mean, std):
+    return {"task": "t", "domain": "out", "init": init, "label_fraction": fraction, "seeds": 3,
+            "test_auroc": [mean, std], "test_accuracy": [0.5, 0.0], "epochs_to_95": [1.0, 0.0]}
+
+
+def _frozen(probe, knn):
+    return {"linear_probe": {"test_auroc": probe}, "knn": {"test_auroc": knn}}
+
+
+def test_release_checks_hold_a_release_to_every_criterion():
+    from mednet_hf.model_card import release_checks
+
+    benchmark = {
+        "summary": [_summary_row("mednet", 0.01, 0.90, 0.01), _summary_row("scratch", 0.01, 0.70, 0.05),  # +0.20 > 0.10
+                    _summary_row("mednet", 0.1, 0.93, 0.01), _summary_row("scratch", 0.1, 0.91, 0.02),  # +0.02 < 0.04
+                    _summary_row("mednet", 1.0, 0.94, 0.01), _summary_row("scratch", 1.0, 0.945, 0.01)],  # -0.005 within
+        "frozen": {"t": {"mednet": _frozen(0.85, 0.80), "scratch": _frozen(0.76, 0.70)}},  # probe +0.09 < 0.10
+        "acceleration": [{"task": "t", "label_fraction": 0.1, "seeds": 3, "reached": 3, "scratch_epoch": 10.0, "mednet_epoch": 4.0}],
+    }
+    previous = {"summary": [_summary_row("mednet", 0.01, 0.85, 0.01), _summary_row("mednet", 0.1, 0.95, 0.01)],
+                "frozen": {"t": {"mednet": _frozen(0.80, 0.81)}}}
+    met = {c["check"]: c["met"] for c in release_checks(benchmark, previous)}
+    assert met == {
+        "1% labels: beats scratch": True, "10% labels: beats scratch": False, "100% labels: not worse than scratch": True,
+        "linear probe: above scratch's": False, "10% labels: epochs to scratch's best val. AUROC": True,
+        "1% labels: beats the previous release": True, "10% labels: beats the previous release": False,
+        "linear probe: beats the previous release": True, "kNN: beats the previous release": False,
+    }
+    # A seed where MedNet never reaches scratch's best fails the convergence check, whatever the others did.
+    benchmark["acceleration"][0]["reached"] = 2
+    assert not next(c for c in release_checks(benchmark) if "epochs" in c["check"])["met"]
+
+
+def test_a_release_run_card_tells_its_hours_segments_points_and_checks(tmp_path):
+    """A CPU release run's card: hours on how many cores, every segment, every benchmark point, the checks."""
+    records = tmp_path / "records"
+    shutil.copytree(RECORDS / "gray", records)
+    pretrain = json.loads((records / "pretrain.json").read_text())
+    segment = {"started": "2026-12-07T20:55:17+00:00", "start": "scratch", "from_step": 0, "to_step": 100, "images": 12800,
+               "wall_seconds": 5400.0, "cpu_seconds": 10800.0, "processes": 1, "threads_per_process": 2, "precision": "bf16",
+               "image_sizes": [28, 64], "skipped_steps": 0, "final_losses": {"loss": 0.4}, "source_epochs": {"organamnist": 1.5}}
+    scores = {"finetune 1%": [0.91, 0.01], "finetune 10%": [0.95, 0.01], "linear probe": [0.93, 0.01], "kNN": [0.90, 0.01]}
+    pretrain |= {
+        "recipe": pretrain["recipe"] | {"image_size_schedule": [[80, 64]], "cycle_steps": 100},
+        "segments": [segment, segment | {"start": "resumed from step-00000100 at step 100", "from_step": 100, "to_step": 200}],
+        "wall_seconds_total": 10800.0, "cpu_seconds_total": 21600.0,
+        "release": {"cores": 2, "final_share": 0.25, "started": "2026-12-07T20:55:11Z",
+                    "evaluation": {"task": "pneumonia", "seeds": [0, 1, 2]},
+                    "stopped": {"why": "6 hours of training reached", "compared": None, "rows": []},
+                    "points": [{"cycle": 0, "steps": 100, "training_hours": 1.5, "scores": scores},
+                               {"cycle": 1, "steps": 200, "training_hours": 3.0, "scores": scores}]},
+    }
+    (records / "pretrain.json").write_text(json.dumps(pretrain))
+    benchmark = json.loads((records / "benchmark.json").read_text())
+    (records / "previous.json").write_text(json.dumps({"description": "the 900-step release", "summary": benchmark["summary"],
+                                                       "frozen": benchmark["frozen"]}))
+    card = render_model_card("gray", records, "mednet/gray")
+    check_card(card, records)
+    text = str(card)
+    assert "resnet18 at 64 px" in text and "**3.00 hours of wall-clock training on 2 cores** (6.0 CPU-hours) in 2 segment(s)" in text
+    assert "The run stopped:\n> 6 hours of training reached." in text
+    assert "| 1 | 2026-12-07T20:55 | resumed from step-00000100 at step 100 | 100–200 | 12,800 | 1.50 | 3.00 | 1 × 2 | bf16 | 28, 64 |" in text
+    assert text.count("| 0.910 ± 0.010 | 0.950 ± 0.010 | 0.930 ± 0.010 | 0.900 ± 0.010 |") == 2  # both points
+    assert "resize\nthe short side to 64 px" in text or "the short side to 64 px" in text
+    # Against itself, the previous release is not beaten: the checks say so rather than hide it.
+    assert "| pneumonia | 1% labels: beats the previous release |" in text and "| **no** |" in text
+
+
+def _build_release():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("build_release", REPO_ROOT / "model_cards" / "build_release.py")
     build_release = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build_release)
+    return build_release
+
+
+def test_a_rebuild_keeps_comparing_against_the_release_it_replaced(tmp_path):
+    build_release = _build_release()
+    records = tmp_path / "gray"
+    shutil.copytree(RECORDS / "gray", records)
+    old = build_release.previous_release(records, "2026-12-07T20:55:11Z")  # a new run replaces these records
+    assert old["summary"] == json.loads((records / "benchmark.json").read_text())["summary"]
+    assert old["description"].startswith("900 steps, 115,200 images at 28 px")
+    # Built once: the records are the run's own, and previous.json says what they replaced; a rebuild keeps it.
+    pretrain = json.loads((records / "pretrain.json").read_text()) | {"release": {"started": "2026-12-07T20:55:11Z"}}
+    (records / "pretrain.json").write_text(json.dumps(pretrain))
+    replaced = old | {"description": "the release before"}
+    (records / "previous.json").write_text(json.dumps(replaced))
+    assert build_release.previous_release(records, "2026-12-07T20:55:11Z") == replaced
+    assert build_release.previous_release(records, "2027-01-01T00:00:00Z")["description"] == old["description"]  # another run
+
+
+def test_readme_results_are_the_records():
+    """The README's results block is what build_release.py renders from the records, not hand-edited numbers."""
+    build_release = _build_release()
     text = (REPO_ROOT / "README.md").read_text()
     start, end = (text.index(m) for m in build_release.MARKERS)
     block = text[start + len(build_release.MARKERS[0]) : end]

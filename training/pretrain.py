@@ -261,8 +261,10 @@ class Segment:
     what it trained, for how long, on what. A checkpoint stores the run's segments so far, the current one up to
     that checkpoint, so that the record of a run stopped and resumed many times lists every stretch."""
 
-    def __init__(self, start: str, step: int, recipe: Recipe, accelerator: Accelerator, device: torch.device):
+    def __init__(self, start: str, step: int, recipe: Recipe, accelerator: Accelerator, device: torch.device,
+                 draws: torch.Tensor, rows: list[int]):
         self.wall_started, self.cpu_started = time.perf_counter(), time.process_time()
+        self.draws_started, self.rows = draws.clone(), rows
         self.fields = {
             "started": _now(), "start": start, "from_step": step, "to_step": step, "images": 0, "wall_seconds": 0.0,
             "cpu_seconds": 0.0, "processes": accelerator.num_processes, "threads_per_process": torch.get_num_threads(),
@@ -271,11 +273,14 @@ class Segment:
             "final_losses": {},
         }
 
-    def update(self, step: int, recipe: Recipe, losses: dict) -> dict:
+    def update(self, step: int, recipe: Recipe, losses: dict, draws: torch.Tensor) -> dict:
         """The segment up to `step` (a collective: every process calls it, each adding its CPU time)."""
         cpu = sum(gather_object([time.process_time() - self.cpu_started]))
         first = self.fields["from_step"]
+        drawn = (draws - self.draws_started).tolist()
         self.fields.update(
+            # this segment's share of the run's epochs, per source (a streamed source's size is not known)
+            source_epochs={s.name: None if s.streaming or not n else d / n for s, n, d in zip(recipe.sources, self.rows, drawn)},
             to_step=step, images=(step - first) * self.fields["batch_size"], wall_seconds=time.perf_counter() - self.wall_started,
             cpu_seconds=cpu, image_sizes=sorted({recipe.size_at(s) for s in range(first, max(step, first + 1))}),
             final_losses=_values(losses) or self.fields["final_losses"],
@@ -383,7 +388,7 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
                 except Exception as e:  # a bad state file, a moved stream, a failed read: all stop the resume here
                     raise CheckpointError(f"checkpoint {checkpoint}: {streams_file.name}: {type(e).__name__}: {e}") from e
         start = f"resumed from {checkpoint.name} at step {step}" if checkpoint else describe_init(recipe.init)
-        segment = Segment(start, step, recipe, accelerator, device)
+        segment = Segment(start, step, recipe, accelerator, device, draws, data.counts.tolist())
 
         accelerator.init_trackers("pretrain", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))})
         # The data order, per process, written at log and checkpoint steps. After a resume the batches past the
@@ -411,7 +416,7 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
             return out
 
         def state() -> dict:  # a collective (the segment sums every process's CPU time)
-            now = segment.update(step, recipe, losses) | {"skipped_steps": skipped}
+            now = segment.update(step, recipe, losses, draws) | {"skipped_steps": skipped}
             return {"step": step, "recipe": recipe.to_dict(), "segments": [*segments, now], "source_draws": draws.tolist()}
 
         while step < recipe.steps:
