@@ -94,13 +94,14 @@ def describe(records: Path) -> str:
             f"{run['wall_seconds'] / 60:.0f} min on {pretrain['hardware']}")
 
 
-def previous_release(records: Path, release_started: str | None) -> dict | None:
+def previous_release(records: Path, release: dict | None) -> dict | None:
     """What the release checks compare against: the records about to be replaced, or, when they are this same
-    release run's (a rebuild), the release they had replaced."""
+    release run's (a rebuild, or an earlier segment before a warm restart on a new machine), the release they had
+    replaced."""
     if not (records / "benchmark.json").is_file():
         return None
-    pretrain = json.loads((records / "pretrain.json").read_text())
-    if release_started and (pretrain.get("release") or {}).get("started") == release_started:
+    before = json.loads((records / "pretrain.json").read_text()).get("release")
+    if release and before and (before["started"] == release["started"] or release["init"] != "scratch"):
         return json.loads((records / "previous.json").read_text()) if (records / "previous.json").is_file() else None
     benchmark = json.loads((records / "benchmark.json").read_text())
     return {"description": describe(records), "summary": benchmark["summary"], "frozen": benchmark["frozen"]}
@@ -208,7 +209,7 @@ def main() -> None:
         return write_readme()
     previous = json.loads((records / "pretrain.json").read_text()) if (records / "pretrain.json").is_file() else None
     release = json.loads((args.release_run / "release.json").read_text()) if args.release_run else None
-    replaced = previous_release(records, release and release["started"])
+    replaced = previous_release(records, release)
     shutil.rmtree(records, ignore_errors=True)
     records.mkdir(parents=True)
     if replaced:

@@ -151,7 +151,8 @@ def test_a_rebuild_keeps_comparing_against_the_release_it_replaced(tmp_path):
     build_release = _build_release()
     records = tmp_path / "gray"
     shutil.copytree(RECORDS / "gray", records)
-    old = build_release.previous_release(records, "2026-12-07T20:55:11Z")  # a new run replaces these records
+    run = {"started": "2026-12-07T20:55:11Z", "init": "scratch"}
+    old = build_release.previous_release(records, run)  # a new run replaces these records
     assert old["summary"] == json.loads((records / "benchmark.json").read_text())["summary"]
     assert old["description"].startswith("900 steps, 115,200 images at 28 px")
     # Built once: the records are the run's own, and previous.json says what they replaced; a rebuild keeps it.
@@ -159,8 +160,10 @@ def test_a_rebuild_keeps_comparing_against_the_release_it_replaced(tmp_path):
     (records / "pretrain.json").write_text(json.dumps(pretrain))
     replaced = old | {"description": "the release before"}
     (records / "previous.json").write_text(json.dumps(replaced))
-    assert build_release.previous_release(records, "2026-12-07T20:55:11Z") == replaced
-    assert build_release.previous_release(records, "2027-01-01T00:00:00Z")["description"] == old["description"]  # another run
+    assert build_release.previous_release(records, run) == replaced
+    assert build_release.previous_release(records, run | {"started": "2027-01-01T00:00:00Z", "init": "mednet/gray"}) == replaced  # warm restart
+    another = build_release.previous_release(records, run | {"started": "2027-01-01T00:00:00Z"})
+    assert another["description"] == old["description"]  # another run from scratch replaces this one
 
 
 def test_readme_results_are_the_records():
