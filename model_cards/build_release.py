@@ -98,11 +98,14 @@ def previous_release(records: Path, release: dict | None) -> dict | None:
     """What the release checks compare against: the records about to be replaced, or, when they are this same
     release run's (a rebuild, or an earlier segment before a warm restart on a new machine), the release they had
     replaced."""
-    if not (records / "benchmark.json").is_file():
+    if not (records / "pretrain.json").is_file():
         return None
     before = json.loads((records / "pretrain.json").read_text()).get("release")
     if release and before and (before["started"] == release["started"] or release["init"] != "scratch"):
+        # (also a build that stopped before its study wrote benchmark.json: previous.json was written first)
         return json.loads((records / "previous.json").read_text()) if (records / "previous.json").is_file() else None
+    if not (records / "benchmark.json").is_file():
+        return None
     benchmark = json.loads((records / "benchmark.json").read_text())
     return {"description": describe(records), "summary": benchmark["summary"], "frozen": benchmark["frozen"]}
 

@@ -164,6 +164,8 @@ def test_a_rebuild_keeps_comparing_against_the_release_it_replaced(tmp_path):
     assert build_release.previous_release(records, run | {"started": "2027-01-01T00:00:00Z", "init": "mednet/gray"}) == replaced  # warm restart
     another = build_release.previous_release(records, run | {"started": "2027-01-01T00:00:00Z"})
     assert another["description"] == old["description"]  # another run from scratch replaces this one
+    (records / "benchmark.json").unlink()  # a build stopped before its study finished: rerun, it still knows
+    assert build_release.previous_release(records, run) == replaced
 
 
 def test_readme_results_are_the_records():
