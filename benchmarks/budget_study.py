@@ -81,15 +81,28 @@ def pretrain_command(prefix: list[str], recipe: Path, out: Path, overrides: dict
     return command
 
 
-def probe(arm: dict, size: int, study: dict, out: Path) -> float:
-    """CPU seconds per step of `arm` at `size`, from a short run in the study's process layout."""
+def run_precision(recipe, sizes: list[int]) -> str:
+    """The precision a run of `recipe` over every size in `sizes` trains in (`mixed_precision: auto` depends on the
+    sizes: `pretrain.auto_precision`), so that a probe at one of them measures the run's own steps."""
+    import torch
+
+    from mednet_hf.training.pretrain import auto_precision
+
+    if recipe.mixed_precision != "auto":
+        return recipe.mixed_precision
+    return auto_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"), recipe.spatial_dims, tuple(sizes))
+
+
+def probe(arm: dict, size: int, study: dict, out: Path, precision: str = "auto") -> float:
+    """CPU seconds per step of `arm` at `size` in `precision` (the whole run's: `run_precision`), from a short run
+    in the study's process layout."""
     folder = out / "probes" / f"{arm['name']}-{size}"
     record = folder / "results.json"
     if not record.is_file():
         shutil.rmtree(folder, ignore_errors=True)
         prefix, env = launcher(study["launch"])
         overrides = {"steps": study["probe_steps"], "image_size": size, "image_size_schedule": [], "warmup_steps": 1,
-                     "checkpoint_every": 10**6, "log_every": 10**6, **batch_override(arm, study)}
+                     "checkpoint_every": 10**6, "log_every": 10**6, "mixed_precision": precision, **batch_override(arm, study)}
         run(pretrain_command(prefix, REPO / arm["recipe"], folder, overrides), env, out / "logs" / f"probe-{arm['name']}-{size}.log")
     return json.loads(record.read_text())["cpu_seconds_per_step"]
 
@@ -107,9 +120,10 @@ def plan(arm: dict, study: dict, budget_minutes: float, out: Path) -> dict:
     recipe = load_recipe(REPO / arm["recipe"])
     budget = budget_minutes * 60
     first, final = recipe.image_size, arm.get("final_size")
-    costs = {first: probe(arm, first, study, out)}
+    precision = run_precision(recipe, [first, final] if final else [first])
+    costs = {first: probe(arm, first, study, out, precision)}
     if final:
-        costs[final] = probe(arm, final, study, out)
+        costs[final] = probe(arm, final, study, out, precision)
         share = float(arm["final_share"])
         head = int(round((1 - share) * budget / costs[first]))
         tail = int(round(share * budget / costs[final]))

@@ -150,10 +150,14 @@ def render_model_card(variant: str, records_dir, repo_id: str, figures: str = ""
     optional = {name: json.loads((records_dir / f"{name}.json").read_text()) if (records_dir / f"{name}.json").is_file() else None
                 for name in ("previous", "budget-study")}
     other_sizes = {int(path.stem.split("-")[1]): json.loads(path.read_text()) for path in sorted(records_dir.glob("benchmark-*.json"))}
+    run = pretraining_summary(pretrain)
+    # every study size is held to the criteria (the previous release's study was at its own pretraining size)
+    checks = [c | {"size": size} for size, study in {run["final_size"]: benchmark, **other_sizes}.items()
+              for c in release_checks(study, optional["previous"])]
     return ModelCard.from_template(
         data, template_path=str(template), name=name, variant=variant, repo_id=repo_id, recipe=recipe,
-        pretrain=pretrain, run=pretraining_summary(pretrain), benchmark=benchmark, rows=rows, losses=[r for r in rows if not r["wins"]],
-        checks=release_checks(benchmark, optional["previous"]), previous=optional["previous"], budget=optional["budget-study"],
+        pretrain=pretrain, run=run, benchmark=benchmark, rows=rows, losses=[r for r in rows if not r["wins"]],
+        checks=checks, previous=optional["previous"], budget=optional["budget-study"],
         other_sizes={size: comparison_rows(b) for size, b in other_sizes.items()}, other_frozen={size: b["frozen"] for size, b in other_sizes.items()},
         channels=3 if variant == "color" else 1, figures=[f"{figures}{f}" for f in figures_present],
         release_figures={f: f"{figures}{f}" for f in RELEASE_FIGURES if (records_dir / f).is_file()},

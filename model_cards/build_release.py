@@ -8,6 +8,8 @@ model card rendered from them.
     python model_cards/build_release.py --variant gray --run runs/release-gray-cpu --task pneumonia --seed 0
     # the GPU release: what `model_cards/release_run.sh` returned (fp16 shards + records, study included)
     python model_cards/build_release.py --variant gray --device-out /work/.device/<files_at>
+    # a build stopped during its study (bundle and pretraining records already in place): the studies it lacks
+    python model_cards/build_release.py --variant gray --study-only --task pneumonia --other-size 28
     # re-render the card from the records
     python model_cards/build_release.py --variant gray --card-only
 """
@@ -107,7 +109,9 @@ def previous_release(records: Path, release: dict | None) -> dict | None:
     if not (records / "benchmark.json").is_file():
         return None
     benchmark = json.loads((records / "benchmark.json").read_text())
-    return {"description": describe(records), "summary": benchmark["summary"], "frozen": benchmark["frozen"]}
+    size = benchmark["study"]["finetune"].get("image_size") or pretraining_summary(
+        json.loads((records / "pretrain.json").read_text()))["final_size"]  # (a study's default: the model's own size)
+    return {"description": describe(records), "image_size": size, "summary": benchmark["summary"], "frozen": benchmark["frozen"]}
 
 
 def release_figures(release: dict, records: Path) -> None:
@@ -157,8 +161,9 @@ def readme_block() -> str:
         took = (f"{run['hours']:.1f} hours on {run['cores']} cores in {len(run['segments'])} segments" if run["release"] else
                 f"{run['wall_seconds'] / 60:.0f} min on {pretrain['hardware']}")
         lines += [f"**{VARIANT_NAMES[variant]}** (`mednet/{variant}`): {recipe['backbone']} at {' then '.join(map(str, run['sizes']))} px, "
-                  f"{pretrain['steps']} steps of {recipe['batch_size']} ({_epochs(pretrain)}, {took}). Transfer study ({bench['device']}{', quick' if bench['quick'] else ''}, "
-                  f"{len(bench['study']['seeds'])} seed(s), {bench['study']['finetune'].get('epochs')} epochs):", "",
+                  f"{pretrain['steps']:,} steps of {recipe['batch_size']} ({_epochs(pretrain)}, {took}). Transfer study ({bench['device']}{', quick' if bench['quick'] else ''}, "
+                  f"{len(bench['study']['seeds'])} seed(s), {bench['study']['finetune'].get('epochs')} epochs, "
+                  f"fine-tuned at {bench['study']['finetune'].get('image_size') or run['final_size']} px):", "",
                   "| task | domain | labels | MedNet AUROC | scratch AUROC | Δ | epochs to 95% (MedNet / scratch) |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in comparison_rows(bench):
@@ -173,6 +178,15 @@ def readme_block() -> str:
             probes = ", ".join(f"{init} {m['linear_probe']['test_auroc']:.3f}" for init, m in by_init.items())
             knn = ", ".join(f"{init} {m['knn']['test_auroc']:.3f}" for init, m in by_init.items())
             lines += ["", f"Frozen features on {task} (100% labels, test AUROC): linear probe {probes}; kNN {knn}."]
+        for path in sorted(records.glob("benchmark-*.json")):  # the same study at another fine-tuning size
+            other = json.loads(path.read_text())
+            size, frozen = other["study"]["finetune"]["image_size"], other["frozen"]
+            cells = "; ".join(f"{r['task']} {r['label_fraction']:.0%} {r['mednet']['test_auroc'][0]:.3f} vs {r['scratch']['test_auroc'][0]:.3f}"
+                              for r in comparison_rows(other))
+            probes = "; ".join(f"{task} linear probe {m['mednet']['linear_probe']['test_auroc']:.3f} vs {m['scratch']['linear_probe']['test_auroc']:.3f}, "
+                               f"kNN {m['mednet']['knn']['test_auroc']:.3f} vs {m['scratch']['knn']['test_auroc']:.3f}"
+                               for task, m in frozen.items() if {"mednet", "scratch"} <= set(m))
+            lines += ["", f"Fine-tuned at {size} px (MedNet vs scratch, test AUROC): {cells}; {probes}."]
         for init, d in (bench.get("dense") or {}).items():
             lines.append(f"DRIVE vessels ({init}): Dice {d['dice']:.3f} ({d['steps']} steps at {d['size']} px).")
         lines += ["", f"Card: [`model_cards/{variant}.md`](model_cards/{variant}.md); plots: "
@@ -194,6 +208,8 @@ def main() -> None:
     source.add_argument("--run", type=Path, help="a `mednet pretrain` output folder (results.json, final/)")
     source.add_argument("--device-out", type=Path, help="the files `model_cards/release_run.sh` returned")
     source.add_argument("--release-run", type=Path, help="a `model_cards/release_cpu.py` run folder (its last cycle ships)")
+    source.add_argument("--study-only", action="store_true",
+                        help="keep the bundle and pretraining records in place (a build stopped during its study) and run the studies they lack")
     source.add_argument("--card-only", action="store_true", help="only render the card from the existing records")
     parser.add_argument("--benchmark", type=Path, help="an existing `mednet benchmark` output folder for this release")
     parser.add_argument("--other-size", type=int, help="also study the release fine-tuned at this image size (records benchmark-<size>.json)")
@@ -210,6 +226,10 @@ def main() -> None:
     if args.card_only:
         render(args.variant, records, bundle)
         return write_readme()
+    if args.study_only:
+        if not (bundle / "model.safetensors").is_file() or not (records / "pretrain.json").is_file():
+            raise SystemExit(f"--study-only needs a bundle in {bundle} and {records / 'pretrain.json'}: build it first")
+        return study_and_render(args, records, bundle)
     previous = json.loads((records / "pretrain.json").read_text()) if (records / "pretrain.json").is_file() else None
     release = json.loads((args.release_run / "release.json").read_text()) if args.release_run else None
     replaced = previous_release(records, release)
@@ -243,6 +263,11 @@ def main() -> None:
     else:
         (records / "pretrain.json").write_text(json.dumps(pretrain_record(args.run, args.wall_seconds, args.hardware, args.note), indent=1))
         bundle = export_bundle(args.run / "final", args.variant)
+    study_and_render(args, records, bundle)
+
+
+def study_and_render(args: argparse.Namespace, records: Path, bundle: Path) -> None:
+    """The transfer studies of the bundle (those its records lack), then the card and the README's block."""
     if args.benchmark:
         keep_benchmark(args.benchmark, records)
     elif not (records / "benchmark.json").is_file():
@@ -254,7 +279,8 @@ def main() -> None:
                   label_fractions=args.label_fraction,
                   finetune=study.finetune | ({"epochs": args.epochs} if args.epochs else {}))
         keep_benchmark(out, records)
-    if args.other_size:  # the same study, every model fine-tuned and probed at another size
+    if args.other_size and not (records / f"benchmark-{args.other_size}.json").is_file():
+        # the same study, every model fine-tuned and probed at another size
         from mednet_hf.training.benchmark import benchmark, load_study, study_file
 
         study = load_study(study_file(args.variant), quick=args.quick)

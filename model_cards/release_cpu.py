@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from budget_study import evaluate, launcher, pretrain_command, probe, relative, run, write_json  # noqa: E402
+from budget_study import evaluate, launcher, pretrain_command, probe, relative, run, run_precision, write_json  # noqa: E402
 
 from mednet_hf.options import portable_path  # noqa: E402
 
@@ -153,7 +153,8 @@ def main() -> None:
         arm = {"name": args.variant, "recipe": relative(recipe)}
         study = {"launch": launch, "probe_steps": args.probe_steps, "global_batch": loaded.batch_size}
         sizes = [loaded.image_size] + ([final_size] if final_size and final_size != loaded.image_size else [])
-        costs = {size: probe(arm, size, study, run_dir) for size in sizes}  # CPU seconds per step (every process and thread)
+        precision = run_precision(loaded, sizes)
+        costs = {size: probe(arm, size, study, run_dir, precision) for size in sizes}  # CPU seconds per step (every process and thread)
         plan = cycle_plan(args.cycle_hours * 3600 * cores, costs, loaded.image_size, final_size, final_share)
         state = {"variant": args.variant, "recipe": relative(recipe), "init": args.init, "launch": launch,
                  "cpu_seconds_per_step": costs, "cores": cores, **plan, "first_size": loaded.image_size,

@@ -135,7 +135,7 @@ def test_a_release_run_card_tells_its_hours_segments_points_and_checks(tmp_path)
     assert text.count("| 0.910 ± 0.010 | 0.950 ± 0.010 | 0.930 ± 0.010 | 0.900 ± 0.010 |") == 2  # both points
     assert "resize\nthe short side to 64 px" in text or "the short side to 64 px" in text
     # Against itself, the previous release is not beaten: the checks say so rather than hide it.
-    assert "| pneumonia | 1% labels: beats the previous release |" in text and "| **no** |" in text
+    assert "| pneumonia | 64 px | 1% labels: beats the previous release |" in text and "| **no** |" in text
 
 
 def _build_release():
@@ -149,8 +149,8 @@ def _build_release():
 
 def test_a_rebuild_keeps_comparing_against_the_release_it_replaced(tmp_path):
     build_release = _build_release()
-    records = tmp_path / "gray"
-    shutil.copytree(RECORDS / "gray", records)
+    records = tmp_path / "color"
+    shutil.copytree(RECORDS / "color", records)  # a 900-step release's records, with their study
     run = {"started": "2026-12-07T20:55:11Z", "init": "scratch"}
     old = build_release.previous_release(records, run)  # a new run replaces these records
     assert old["summary"] == json.loads((records / "benchmark.json").read_text())["summary"]
@@ -166,6 +166,29 @@ def test_a_rebuild_keeps_comparing_against_the_release_it_replaced(tmp_path):
     assert another["description"] == old["description"]  # another run from scratch replaces this one
     (records / "benchmark.json").unlink()  # a build stopped before its study finished: rerun, it still knows
     assert build_release.previous_release(records, run) == replaced
+
+
+def test_a_build_stopped_during_its_study_runs_only_the_studies_it_lacks(tmp_path, monkeypatch):
+    build_release = _build_release()
+    import mednet_hf.training.benchmark as study
+
+    records, bundle = tmp_path / "records" / "gray", tmp_path / "bundle"
+    shutil.copytree(RECORDS / "gray", records)
+    shutil.copytree(BUNDLED_DIR / "gray", bundle)
+    monkeypatch.setattr(build_release, "HERE", tmp_path)
+    monkeypatch.setattr(build_release, "README", tmp_path / "README.md")
+    monkeypatch.setenv("MEDNET_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "README.md").write_text("before\n" + "\n\n".join(build_release.MARKERS) + "\nafter\n")
+    ran = []
+    monkeypatch.setattr(study, "benchmark", lambda *a, **kw: ran.append(kw.get("image_size")))
+    args = build_release.argparse.Namespace(variant="gray", benchmark=None, quick=False, task=["pneumonia"], seed=None,
+                                            label_fraction=None, epochs=None, other_size=28)
+    build_release.study_and_render(args, records, bundle)  # both studies are in the records: none reruns
+    assert ran == [] and (bundle / "README.md").is_file() and (tmp_path / "gray.md").is_file()
+    (records / "benchmark-28.json").unlink()
+    with pytest.raises(FileNotFoundError):  # the stand-in study writes nothing, so the copy fails after it ran
+        build_release.study_and_render(args, records, bundle)
+    assert ran == [28]
 
 
 def test_readme_results_are_the_records():

@@ -24,6 +24,11 @@ def gray_2d():
     return MedNetModel.from_pretrained("mednet/gray").eval()
 
 
+def _gray_size() -> int:
+    """The 2-D release's input size, which a conversion to 3-D keeps on every axis."""
+    return MedNetConfig.from_pretrained("mednet/gray").pretrained_cfg["input_size"][-1]
+
+
 def test_i3d_on_a_volume_constant_along_depth_gives_the_2d_features(gray_2d):
     i3d = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").eval()
     slices = MedNetImageProcessor.from_pretrained("mednet/gray")([str(data_path("cxr/00000001_000.png")),
@@ -33,7 +38,7 @@ def test_i3d_on_a_volume_constant_along_depth_gives_the_2d_features(gray_2d):
     with torch.no_grad():
         flat, deep = gray_2d(pixel_values=images).pooler_output, i3d(pixel_values=volume).pooler_output
     torch.testing.assert_close(deep, flat, atol=1e-5, rtol=0)
-    assert i3d.config.spatial_dims == 3 and i3d.config.pretrained_cfg["input_size"] == [1, 28, 28, 28]
+    assert i3d.config.spatial_dims == 3 and i3d.config.pretrained_cfg["input_size"] == [1, *[_gray_size()] * 3]
 
 
 def test_acs_and_25d_load_the_2d_state_dict_unchanged(gray_2d):
@@ -57,7 +62,7 @@ def test_auto_classes_convert_a_2d_checkpoint_like_the_model_class(gray_2d):
 
     auto = AutoModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").eval()
     direct = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="i3d").eval()
-    assert auto.config.pretrained_cfg["input_size"] == [1, 28, 28, 28]
+    assert auto.config.pretrained_cfg["input_size"] == [1, *[_gray_size()] * 3]
     for key, value in direct.timm_model.state_dict().items():
         assert torch.equal(auto.timm_model.state_dict()[key], value), key
 
@@ -72,7 +77,7 @@ def test_a_saved_3d_checkpoint_loads_back_with_the_package_and_by_remote_code(tm
     AutoImageProcessor.from_pretrained("mednet/gray").save_pretrained(folder)
     volumes = np.load(data_path("medmnist3d/adrenalmnist3d.npz"))["test_images"][:2]
     processor = AutoImageProcessor.from_pretrained(folder)
-    assert processor.slice_policy == "volume" and processor.volume_size == [28, 28, 28]  # from the 3-D config
+    assert processor.slice_policy == "volume" and processor.volume_size == [_gray_size()] * 3  # from the 3-D config
     pixels = processor(volumes, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         expected = model(pixel_values=pixels).pooler_output
@@ -235,7 +240,7 @@ def test_finetune_turns_the_2d_release_into_a_3d_classifier_on_adrenalmnist3d(tm
     model = AutoModelForImageClassification.from_pretrained(best)
     assert model.config.spatial_dims == 3 and model.config.conversion == "acs"
     processor = AutoImageProcessor.from_pretrained(best)
-    assert processor.slice_policy == "volume" and processor.volume_size == [28, 28, 28]
+    assert processor.slice_policy == "volume" and processor.volume_size == [_gray_size()] * 3
 
 
 def test_finetune_conversion_options_are_checked_and_a_3d_checkpoint_stays_as_it_is(tmp_path):
@@ -264,7 +269,7 @@ def test_convert_variant_keeps_a_3d_model_3d(conversion):
     """gray → color on MedNet-3D: a 3-D config (so a volume processor) and the same features for a gray volume."""
     gray = MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion=conversion).eval()
     color = gray.convert_variant("color").eval()
-    assert color.config.pretrained_cfg["input_size"] == [3, 28, 28, 28]
+    assert color.config.pretrained_cfg["input_size"] == [3, *[_gray_size()] * 3]
     assert MedNetImageProcessor.from_model_config(color.config).slice_policy == "volume"
     volume = torch.rand(1, 1, 28, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -277,7 +282,7 @@ def test_a_3d_checkpoint_card_does_not_promise_timm(tmp_path):
 
     MedNetModel.from_pretrained("mednet/gray", spatial_dims=3, conversion="acs").save_pretrained(tmp_path / "m")
     card = str(checkpoint_card(tmp_path / "m", "you/gray-3d"))
-    assert "timm.create_model" not in card and "28³ voxels" in card and "timm cannot build it" in card
+    assert "timm.create_model" not in card and f"{_gray_size()}³ voxels" in card and "timm cannot build it" in card
 
 
 def test_an_image_folder_of_volumes_says_what_it_left_out(tmp_path, caplog):
@@ -354,6 +359,20 @@ def test_auto_precision_keeps_3d_training_in_fp32_on_the_cpu():
 
     assert auto_precision(torch.device("cpu"), spatial_dims=3) == "no"
     assert auto_precision(torch.device("cpu"), spatial_dims=2) in ("bf16", "no")
+
+
+@pytest.mark.parametrize("cpu, sizes, expected", [
+    ({"_is_amx_tile_supported", "_is_avx512_bf16_supported"}, (28,), "no"),  # AMX: bf16 is slower at 28 px
+    ({"_is_amx_tile_supported", "_is_avx512_bf16_supported"}, (28, 64), "bf16"),
+    ({"_is_amx_tile_supported", "_is_avx512_bf16_supported"}, (), "bf16"),
+    ({"_is_avx512_bf16_supported"}, (28,), "bf16"),  # AVX-512 BF16 without AMX: faster at every size measured
+    (set(), (64,), "no"),
+])
+def test_auto_precision_follows_the_cpu_settings_measurements(monkeypatch, cpu, sizes, expected):
+    from mednet_hf.training import pretrain
+
+    monkeypatch.setattr(pretrain, "_cpu_has", lambda probe: probe in cpu)
+    assert pretrain.auto_precision(torch.device("cpu"), 2, sizes) == expected
 
 
 def test_the_bundled_gray_3d_release_loads_as_mednet_3d_from_the_hub_id(gray_2d):

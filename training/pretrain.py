@@ -218,17 +218,26 @@ BF16_CONV3D_CPU = ("bf16 autocast on the CPU gives wrong conv3d weight gradients
                    "values off by their own size), so MedNet-3D trains in fp32 on the CPU")
 
 
-def auto_precision(device: torch.device, spatial_dims: int = 2) -> str:
+def _cpu_has(probe: str) -> bool:
+    """torch.cpu's probe of an instruction set its kernels use (private, so guarded)."""
+    return bool(getattr(torch.cpu, probe, lambda: False)())
+
+
+def auto_precision(device: torch.device, spatial_dims: int = 2, image_sizes: tuple[int, ...] = ()) -> str:
     """`mixed_precision: auto`: bf16 autocast where the device computes bf16 natively (CUDA with bf16; a CPU with
-    AVX-512 BF16 or AMX), else fp32; MedNet-3D on the CPU in fp32 (`BF16_CONV3D_CPU`). On this project's 2-core
-    CPU bf16 made 2-D `PretrainModel` steps faster at every size measured (`benchmarks/cpu_settings.py`)."""
+    AVX-512 BF16 or AMX), else fp32; MedNet-3D on the CPU in fp32 (`BF16_CONV3D_CPU`). `benchmarks/cpu_settings.py`
+    on two 2-core CPUs: without AMX (AMD EPYC, AVX-512 BF16) bf16 made 2-D `PretrainModel` steps faster at 28 and
+    64 px; with AMX (Intel Xeon) it made them 1.4x slower at 28 px and 1.6x faster at 64 px (oneDNN's AMX kernels
+    cost more than they save on maps this small). So on an AMX CPU a run whose every size is at most 32 px
+    (`image_sizes`) trains in fp32."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     if device.type == "cpu" and spatial_dims == 3:
         return "no"
-    if device.type == "cpu":  # torch.cpu's probes of the instruction sets its kernels use (private, so guarded)
-        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-        return "bf16" if native else "no"
+    if device.type == "cpu":
+        if _cpu_has("_is_amx_tile_supported"):
+            return "no" if image_sizes and max(image_sizes) <= 32 else "bf16"
+        return "bf16" if _cpu_has("_is_avx512_bf16_supported") else "no"
     return "no"
 
 
@@ -329,7 +338,7 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     precision = recipe.mixed_precision
     if precision == "auto":
-        precision = auto_precision(torch.device("cpu" if cpu else "cuda"), recipe.spatial_dims)
+        precision = auto_precision(torch.device("cpu" if cpu else "cuda"), recipe.spatial_dims, tuple(recipe.image_sizes))
     elif cpu and precision == "bf16" and recipe.spatial_dims == 3:
         warnings.warn(f"mixed_precision: bf16 for MedNet-3D: {BF16_CONV3D_CPU}; its gradients may be wrong")
     accelerator = Accelerator(

@@ -68,8 +68,9 @@ class Recipe:
         metadata={"help": "clip the gradients' total norm to this (0: no clipping); a step whose gradients are not "
                           "finite is skipped either way"},
     )
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, see "
-                                                                    "`pretrain.auto_precision`), no, bf16 or fp16 (GPUs)"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively and the "
+                                                                    "run's sizes gain from it, see `pretrain.auto_precision`), "
+                                                                    "no, bf16 or fp16 (GPUs)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model step"})
     num_workers: int = field(default=0, metadata={"help": "processes that decode the sources into the uint8 cache (first run only)"})
