@@ -48,10 +48,12 @@ def test_explanation_is_the_model_top_k_and_a_real_overlay(explainer, finetuned)
     expected = {model.config.id2label[i]: p for i, p in enumerate(probs.tolist())}
     assert list(shown.scores) == sorted(expected, key=expected.get, reverse=True)
     assert all(abs(shown.scores[k] - expected[k]) < 1e-6 for k in shown.scores)
-    assert shown.model_view.shape == shown.overlay.shape == (28, 28, 3)
+    size = pixels.shape[-1]  # the release's input size
+    assert shown.model_view.shape == shown.overlay.shape == (size, size, 3)
     assert np.abs(shown.overlay.astype(int) - shown.model_view).mean() > 5
-    # 28 px: the last stage is 1×1, so the CAM comes from the deepest stage with a real map, and the page says so.
-    assert shown.cam_layer == "layer2" and "layer4" in shown.cam_note
+    # The last stage is 1×1 at 28 px and 2×2 at 64 px, so the CAM comes from the deepest stage with at least 4×4
+    # cells (layer2 at 28 px, layer3 at 64 px), and the page says so.
+    assert shown.cam_layer == {28: "layer2", 64: "layer3"}[size] and "layer4" in shown.cam_note
 
 
 def test_header_summary_has_no_phi(explainer):
