@@ -227,9 +227,8 @@ def auto_precision(device: torch.device, spatial_dims: int = 2, image_sizes: tup
     """`mixed_precision: auto`: bf16 autocast where the device computes bf16 natively (CUDA with bf16; a CPU with
     AVX-512 BF16 or AMX), else fp32; MedNet-3D on the CPU in fp32 (`BF16_CONV3D_CPU`). `benchmarks/cpu_settings.py`
     on two 2-core CPUs: without AMX (AMD EPYC, AVX-512 BF16) bf16 made 2-D `PretrainModel` steps faster at 28 and
-    64 px; with AMX (Intel Xeon) it made them 1.4x slower at 28 px and 1.6x faster at 64 px (oneDNN's AMX kernels
-    cost more than they save on maps this small). So on an AMX CPU a run whose every size is at most 32 px
-    (`image_sizes`) trains in fp32."""
+    64 px; with AMX (Intel Xeon) it made them 1.4x slower at 28 px and 1.6x faster at 64 px (not profiled). So on
+    an AMX CPU a run whose every size is at most 32 px (`image_sizes`) trains in fp32."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     if device.type == "cpu" and spatial_dims == 3:
