@@ -81,21 +81,9 @@ def pretrain_command(prefix: list[str], recipe: Path, out: Path, overrides: dict
     return command
 
 
-def run_precision(recipe, sizes: list[int]) -> str:
-    """The precision a run of `recipe` over every size in `sizes` trains in (`mixed_precision: auto` depends on the
-    sizes: `pretrain.auto_precision`), so that a probe at one of them measures the run's own steps."""
-    import torch
-
-    from mednet_hf.training.pretrain import auto_precision
-
-    if recipe.mixed_precision != "auto":
-        return recipe.mixed_precision
-    return auto_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"), recipe.spatial_dims, tuple(sizes))
-
-
 def probe(arm: dict, size: int, study: dict, out: Path, precision: str = "auto") -> float:
-    """CPU seconds per step of `arm` at `size` in `precision` (the whole run's: `run_precision`), from a short run
-    in the study's process layout."""
+    """CPU seconds per step of `arm` at `size` in `precision` (the whole run's: `pretrain.run_precision`), from a
+    short run in the study's process layout."""
     folder = out / "probes" / f"{arm['name']}-{size}"
     record = folder / "results.json"
     if not record.is_file():
@@ -115,12 +103,13 @@ def batch_override(arm: dict, study: dict) -> dict:
 
 def plan(arm: dict, study: dict, budget_minutes: float, out: Path) -> dict:
     """The steps (and the resolution schedule) that fit the CPU budget."""
+    from mednet_hf.training.pretrain import run_precision
     from mednet_hf.training.recipe import load_recipe
 
     recipe = load_recipe(REPO / arm["recipe"])
     budget = budget_minutes * 60
     first, final = recipe.image_size, arm.get("final_size")
-    precision = run_precision(recipe, [first, final] if final else [first])
+    precision = run_precision(recipe, [first, final] if final else [first])  # the probes time the run's own steps
     costs = {first: probe(arm, first, study, out, precision)}
     if final:
         costs[final] = probe(arm, final, study, out, precision)

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from budget_study import evaluate, launcher, pretrain_command, probe, relative, run, run_precision, write_json  # noqa: E402
+from budget_study import evaluate, launcher, pretrain_command, probe, relative, run, write_json  # noqa: E402
 
 from mednet_hf.options import portable_path  # noqa: E402
 
@@ -144,6 +144,7 @@ def main() -> None:
     log_path, state_path = run_dir / "logs", run_dir / "release.json"
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    from mednet_hf.training.pretrain import run_precision
     from mednet_hf.training.recipe import load_recipe
 
     loaded = load_recipe(recipe)

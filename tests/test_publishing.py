@@ -180,15 +180,23 @@ def test_a_build_stopped_during_its_study_runs_only_the_studies_it_lacks(tmp_pat
     monkeypatch.setenv("MEDNET_RUNS", str(tmp_path / "runs"))
     (tmp_path / "README.md").write_text("before\n" + "\n\n".join(build_release.MARKERS) + "\nafter\n")
     ran = []
-    monkeypatch.setattr(study, "benchmark", lambda *a, **kw: ran.append(kw.get("image_size")))
+
+    def finished_study(variant, out, **options):  # stands in for the hour-long study: its recorded output
+        ran.append(options.get("image_size"))
+        out.mkdir(parents=True)
+        for suffix in ("json", "md"):
+            shutil.copy2(RECORDS / "gray" / f"benchmark-28.{suffix}", out / f"results.{suffix}")
+
+    monkeypatch.setattr(study, "benchmark", finished_study)
     args = build_release.argparse.Namespace(variant="gray", benchmark=None, quick=False, task=["pneumonia"], seed=None,
                                             label_fraction=None, epochs=None, other_size=28)
     build_release.study_and_render(args, records, bundle)  # both studies are in the records: none reruns
-    assert ran == [] and (bundle / "README.md").is_file() and (tmp_path / "gray.md").is_file()
-    (records / "benchmark-28.json").unlink()
-    with pytest.raises(FileNotFoundError):  # the stand-in study writes nothing, so the copy fails after it ran
-        build_release.study_and_render(args, records, bundle)
-    assert ran == [28]
+    card = (tmp_path / "gray.md").read_text()
+    assert ran == [] and (bundle / "README.md").read_text().count("| 28 px |") > 0 and "| 64 px |" in card
+    (records / "benchmark-28.json").unlink()  # stopped after the first study: only the 28-px one runs
+    build_release.study_and_render(args, records, bundle)
+    assert ran == [28] and (records / "benchmark-28.json").read_bytes() == (RECORDS / "gray" / "benchmark-28.json").read_bytes()
+    assert (tmp_path / "gray.md").read_text() == card and "Fine-tuned at 28 px" in (tmp_path / "README.md").read_text()
 
 
 def test_readme_results_are_the_records():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import data_path
+from conftest import REPO_ROOT, data_path
 from helpers import run_python
 
 from mednet_hf import MedNetConfig, MedNetImageProcessor, MedNetModel
@@ -373,6 +373,21 @@ def test_auto_precision_follows_the_cpu_settings_measurements(monkeypatch, cpu, 
 
     monkeypatch.setattr(pretrain, "_cpu_has", lambda probe: probe in cpu)
     assert pretrain.auto_precision(torch.device("cpu"), 2, sizes) == expected
+
+
+def test_a_probe_at_one_size_times_the_whole_runs_precision(monkeypatch):
+    """A 28-then-64-px run on an AMX CPU trains in bf16, so its 28-px probe must too (alone, 28 px would be fp32)."""
+    from dataclasses import replace
+
+    from mednet_hf.training import pretrain
+    from mednet_hf.training.recipe import load_recipe
+
+    monkeypatch.setattr(pretrain, "_cpu_has", lambda probe: True)  # AMX and AVX-512 BF16
+    monkeypatch.setattr(pretrain, "_on_cpu", lambda: True)
+    recipe = load_recipe(REPO_ROOT / "training" / "configs" / "color-supervised.yaml")  # auto, 28 px
+    assert recipe.mixed_precision == "auto" and recipe.image_sizes == [28]
+    assert pretrain.run_precision(recipe) == "no" and pretrain.run_precision(recipe, [28, 64]) == "bf16"
+    assert pretrain.run_precision(replace(recipe, mixed_precision="bf16"), [28]) == "bf16"  # a recipe's own choice stands
 
 
 def test_the_bundled_gray_3d_release_loads_as_mednet_3d_from_the_hub_id(gray_2d):

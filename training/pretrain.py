@@ -240,6 +240,19 @@ def auto_precision(device: torch.device, spatial_dims: int = 2, image_sizes: tup
     return "no"
 
 
+def _on_cpu() -> bool:
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+
+
+def run_precision(recipe: Recipe, image_sizes: list[int] | None = None) -> str:
+    """The precision a run of `recipe` trains in on this machine: its `mixed_precision`, with `auto` resolved for
+    the run's sizes (`image_sizes`, default the recipe's own; a probe at one size of a longer run passes the run's)."""
+    if recipe.mixed_precision != "auto":
+        return recipe.mixed_precision
+    return auto_precision(torch.device("cpu" if _on_cpu() else "cuda"), recipe.spatial_dims,
+                          tuple(image_sizes or recipe.image_sizes))
+
+
 def lr_schedule(optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then a cosine decay to 0 over the remaining steps (transformers' schedule), or over every
     `cycle_steps` (SGDR's warm restarts), where the factor at a step depends on the step alone, exactly: a run
@@ -334,11 +347,9 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
         raise CheckpointError(f"checkpoint {checkpoint} is at step {saved['step']}, and the recipe ends at step "
                               f"{recipe.steps}: pass a larger --steps to train on")
 
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    precision = recipe.mixed_precision
-    if precision == "auto":
-        precision = auto_precision(torch.device("cpu" if cpu else "cuda"), recipe.spatial_dims, tuple(recipe.image_sizes))
-    elif cpu and precision == "bf16" and recipe.spatial_dims == 3:
+    cpu = _on_cpu()
+    precision = run_precision(recipe)
+    if cpu and recipe.mixed_precision == "bf16" and recipe.spatial_dims == 3:
         warnings.warn(f"mixed_precision: bf16 for MedNet-3D: {BF16_CONV3D_CPU}; its gradients may be wrong")
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -543,4 +554,5 @@ def _pretrain(recipe_path, output_dir, resume: str | None, **overrides) -> dict:
     return record
 
 
-__all__ = ["CheckpointError", "DivergedError", "PeerLostError", "auto_precision", "build_model", "describe_init", "pretrain"]
+__all__ = ["CheckpointError", "DivergedError", "PeerLostError", "auto_precision", "build_model", "describe_init", "pretrain",
+           "run_precision"]
